@@ -1,0 +1,215 @@
+"""The ``attnkit`` command: one function per subcommand, looked up in :data:`COMMANDS`.
+
+Every error a user can cause is an :class:`AttnkitError`; it is printed as one
+line on stderr with exit code 2 and no traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from attnkit.config import SECTIONS, list_recipes
+from attnkit.errors import AttnkitError
+
+DEFAULT_RUN_NAME = "pydoc-char"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _override_help() -> str:
+    import dataclasses
+
+    lines = ["config overrides (--section.key=value; defaults shown):"]
+    for section, cls in SECTIONS.items():
+        fields = [f"{f.name}={_default(f)}" for f in dataclasses.fields(cls)]
+        lines.append(f"  --{section}.*  " + ", ".join(fields))
+    lines += [
+        "",
+        "  model.style: gpt2 | llama | original     model.size: tiny | mini | small | medium | "
+        "gpt2-124m",
+        "  model.norm: layernorm | rmsnorm   model.norm_position: pre | post",
+        "  model.ffn: gelu | relu | swiglu | geglu",
+        "  model.pos: learned | sinusoidal | rope | alibi | none",
+        "  data.path: pydoc (built in) | FILE | FOLDER   data.tokenizer: char | byte | bpe",
+        "",
+        f"recipes: {', '.join(list_recipes()) or '(none found)'}",
+        "",
+        "examples:",
+        "  attnkit train                                   # built-in corpus, ~5 min on 2 CPU cores",
+        "  attnkit train shakespeare-char --data.path=input.txt --out runs/shakespeare",
+        "  attnkit train --model.style=llama --model.size=tiny --train.steps=500",
+        "  attnkit train --resume runs/pydoc-char --train.steps=3000",
+    ]
+    return "\n".join(lines)
+
+
+def _default(f) -> str:
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return "none" if f.default is None else str(f.default)
+    return "?"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attnkit", description="Train, sample and study Transformers.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = sub.add_parser(
+        "train", help="train a model from a recipe and overrides",
+        description="Train a decoder-only Transformer. With no arguments: a character-level "
+                    "model on the built-in corpus (the Python docs shipped with CPython), "
+                    "saved under runs/pydoc-char.",
+        epilog=_override_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("recipe", nargs="?", help="a recipe name from recipes/ or a path to a "
+                       "YAML file (default: the built-in defaults)")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>, with "
+                       "a numeric suffix if it exists)")
+    train.add_argument("--resume", type=Path, metavar="RUN",
+                       help="continue the run in RUN from its latest checkpoint; only --train.* "
+                            "overrides may be given (e.g. more --train.steps)")
+    train.add_argument("--no-samples", action="store_true",
+                       help="skip the samples printed at the end")
+    train.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    sample = sub.add_parser(
+        "sample", help="generate text from a trained run, streamed as it is produced",
+        description="Predict, sample, repeat: stream a continuation of --prompt.")
+    sample.add_argument("run", type=Path, help="a run directory, e.g. runs/pydoc-char")
+    sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate "
+                        "(default: 200)")
+    sample.add_argument("--temperature", type=float, default=0.8,
+                        help="softmax temperature; <1 sharper, >1 flatter, 0 greedy (default 0.8)")
+    sample.add_argument("--top-k", type=int, default=None,
+                        help="sample only among the k most likely tokens (default: off)")
+    sample.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling: the smallest set with probability >= p")
+    sample.add_argument("--seed", type=int, default=None, help="random seed for repeatable text")
+    sample.add_argument("--num-samples", type=int, default=1, help="independent samples "
+                        "(seeds seed, seed+1, ...)")
+    sample.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sample.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from attnkit.checkpoint import read_run_config
+    from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
+    from attnkit.train import Trainer
+
+    overrides = parse_overrides(extra)
+    if args.resume:
+        if args.recipe or args.out:
+            raise AttnkitError("--resume continues an existing run; drop the recipe and --out")
+        bad = [k for k in overrides if not k.startswith("train.")]
+        if bad:
+            raise AttnkitError(f"cannot change '{bad[0]}' when resuming (only --train.* "
+                               f"overrides apply to a resumed run)")
+        cfg = config_from_dict(apply_overrides(read_run_config(args.resume), overrides))
+        run_dir = args.resume
+        resume = True
+    else:
+        data = load_recipe(args.recipe) if args.recipe else {}
+        cfg = config_from_dict(apply_overrides(data, overrides))
+        run_dir = args.out or _fresh_run_dir(Path(args.recipe).stem if args.recipe
+                                             else DEFAULT_RUN_NAME)
+        if args.out and (args.out / "checkpoints").exists():
+            raise AttnkitError(f"{args.out} already holds a run (continue it with --resume "
+                               f"{args.out}, or choose another --out)")
+        resume = False
+    trainer = Trainer(cfg, run_dir, resume=resume, log=print)
+    summary = trainer.run()
+    print(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f}, "
+          f"{summary['wall_s']:.0f}s, {summary['tokens_per_s'] / 1000:.1f}k tokens/s, "
+          f"peak memory {summary['peak_rss_mb']:.0f} MB -> {run_dir}")
+    if summary["interrupted"]:
+        return 0
+    if not args.no_samples and cfg.train.samples > 0:
+        for i, text in enumerate(trainer.samples(cfg.train.samples, cfg.train.sample_tokens)):
+            print(f"--- sample {i + 1} ---")
+            print(text)
+        print("---")
+    print(f"sample more: attnkit sample {run_dir} --prompt \"The \" --max-new-tokens 200 "
+          f"--temperature 0.8 --top-k 40")
+    return 0
+
+
+def _fresh_run_dir(name: str) -> Path:
+    base = Path("runs") / name
+    candidate, i = base, 2
+    while candidate.exists():
+        candidate = base.with_name(f"{name}-{i}")
+        i += 1
+    return candidate
+
+
+def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit sample "
+                           f"--help`)")
+    import attnkit
+    from attnkit.generate import stream
+
+    if args.max_new_tokens < 0:
+        raise AttnkitError("--max-new-tokens must be 0 or more")
+    if args.temperature < 0:
+        raise AttnkitError("--temperature must be 0 (greedy) or positive")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise AttnkitError("--top-p must be in (0, 1]")
+    model = attnkit.load(args.run, device=args.device)
+    prompt = args.prompt
+    model.tokenizer.encode(prompt)  # refuse a bad prompt before printing anything
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        sys.stdout.write(prompt)
+        for piece in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    debug = "--debug" in argv
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.version:
+            from attnkit import __version__
+
+            print(f"attnkit {__version__}")
+            return 0
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args, extra)
+    except AttnkitError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Typed configuration: dataclasses, presets, recipes and ``--section.key=value`` overrides.
+
+One flow everywhere: dataclass defaults -> recipe file -> command-line
+overrides. Every way in is strict: an unknown key or a value of the wrong
+type raises :class:`~attnkit.errors.AttnkitError` naming the closest valid
+key. The resolved config is written into every run and checkpoint.
+
+This module imports neither torch nor any model code, so everything else may
+import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from attnkit.errors import AttnkitError
+
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+FFN = Literal["gelu", "relu", "swiglu", "geglu"]
+Pos = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+
+# --- presets: a style fixes the architecture's choices, a size its dimensions ----------
+STYLES: dict[str, dict[str, Any]] = {
+    # GPT-2 (Radford et al., 2019): learned positions, pre-LN LayerNorm, GELU, tied embeddings.
+    "gpt2": dict(pos="learned", norm="layernorm", norm_position="pre", ffn="gelu",
+                 bias=True, tie_embeddings=True),
+    # Llama (Touvron et al., 2023): RoPE, RMSNorm, SwiGLU, no biases, GQA (half the kv heads).
+    "llama": dict(pos="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu",
+                  bias=False, tie_embeddings=False, kv_heads_ratio=2),
+    # The 2017 paper's decoder stack: sinusoidal positions, post-LN, ReLU.
+    "original": dict(pos="sinusoidal", norm="layernorm", norm_position="post", ffn="relu",
+                     bias=True, tie_embeddings=True),
+}
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layers=2, n_heads=4, d_model=64, context_length=128),
+    "mini": dict(n_layers=4, n_heads=4, d_model=128, context_length=256),
+    "small": dict(n_layers=6, n_heads=6, d_model=384, context_length=256),
+    "medium": dict(n_layers=8, n_heads=8, d_model=512, context_length=512),
+    "gpt2-124m": dict(n_layers=12, n_heads=12, d_model=768, context_length=1024),
+}
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only Transformer. Every choice is a name from a small table."""
+
+    style: str | None = None  # a key of STYLES, applied under the explicit keys
+    size: str | None = None  # a key of SIZES, applied under the explicit keys
+    vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    context_length: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: n_heads (MHA); fewer: GQA; 1: MQA
+    ffn_hidden: int | None = None  # None: 4 * d_model, or 2/3 of that for GLU variants
+    norm: Norm = "layernorm"
+    norm_position: NormPosition = "pre"
+    norm_eps: float = 1e-5
+    ffn: FFN = "gelu"
+    pos: Pos = "learned"
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name in ("context_length", "d_model", "n_layers", "n_heads", "n_kv_heads"):
+            if getattr(self, name) < 1:
+                raise AttnkitError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise AttnkitError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads} "
+                f"(choose d_model as a multiple of n_heads)")
+        if self.n_heads % self.n_kv_heads:
+            raise AttnkitError(
+                f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads="
+                f"{self.n_kv_heads} (each kv head must serve a whole group of query heads)")
+        if self.pos == "rope" and self.head_size % 2:
+            raise AttnkitError(
+                f"rope needs an even head size, but d_model/n_heads = {self.head_size} "
+                f"(change model.d_model or model.n_heads)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AttnkitError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. ``batch_size`` is sequences per optimizer step."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum sequences
+    lr: float = 2e-3
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_every: int = 250
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    samples: int = 3  # samples printed at the end of training
+    sample_tokens: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every",
+                     "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise AttnkitError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise AttnkitError(
+                f"train.batch_size={self.batch_size} is not divisible by train.grad_accum="
+                f"{self.grad_accum} (each micro-batch must have the same size)")
+        if self.lr <= 0:
+            raise AttnkitError(f"train.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from and how it becomes tokens."""
+
+    path: str = "pydoc"  # "pydoc" (built in), a text file, or a folder of text files
+    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    vocab_size: int = 2048  # for bpe only
+    val_fraction: float = 0.1  # the last fraction of the token stream is validation
+    cache_dir: str | None = None  # token files; None: $ATTNKIT_CACHE or ~/.cache/attnkit/tokens
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise AttnkitError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+# --- building dataclasses strictly --------------------------------------------------------
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. ``train.steps``."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str) -> AttnkitError:
+    leaf = key.split(".")[-1]
+    candidates = all_keys() + list(SECTIONS)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:  # the leaf alone in another section, e.g. train.context_length
+        close = [k for k in all_keys() if k.split(".")[-1] == leaf][:1]
+    if not close:
+        close = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in all_keys()], n=1)
+        close = [k for k in all_keys() if close and k.endswith("." + close[0])][:1]
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see `attnkit train --help`)"
+    return AttnkitError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; strings from the command line are parsed."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except AttnkitError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise AttnkitError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise AttnkitError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+            try:  # 1e4 or 2000.0 are fine if they are whole numbers
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise AttnkitError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise AttnkitError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise AttnkitError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def build(cls: type, data: dict[str, Any], section: str) -> Any:
+    """Construct dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise AttnkitError(f"config section '{section}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(f"{section}.{key}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def expand_presets(model: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``style`` and ``size`` under the explicitly given model keys."""
+    out: dict[str, Any] = {}
+    for kind, table in (("size", SIZES), ("style", STYLES)):
+        name = model.get(kind)
+        if name is None:
+            continue
+        if name not in table:
+            close = difflib.get_close_matches(str(name), list(table), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise AttnkitError(f"unknown model.{kind} '{name}'; choose from "
+                               f"{', '.join(table)}{hint}")
+        out.update(table[name])
+    out.update(model)
+    ratio = out.pop("kv_heads_ratio", None)
+    if ratio and "n_kv_heads" not in model:
+        n_heads = int(out.get("n_heads", ModelConfig.n_heads))
+        out["n_kv_heads"] = n_heads // ratio if n_heads % ratio == 0 else n_heads
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from a nested dict (a recipe, a saved run's config)."""
+    if not isinstance(data, dict):
+        raise AttnkitError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    for section in data:
+        if section not in SECTIONS:
+            raise _unknown(str(section))
+    model = expand_presets(dict(data.get("model") or {}))
+    return RunConfig(
+        model=build(ModelConfig, model, "model"),
+        train=build(TrainConfig, dict(data.get("train") or {}), "train"),
+        data=build(DataConfig, dict(data.get("data") or {}), "data"),
+    )
+
+
+# --- recipes and overrides ----------------------------------------------------------------
+
+def recipe_dirs() -> list[Path]:
+    """Where recipe names are looked up: the repository's ``recipes/`` and the packaged copy."""
+    here = Path(__file__).resolve().parent
+    return [here.parent / "recipes", here / "recipes"]
+
+
+def list_recipes() -> list[str]:
+    names = {p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Read a recipe by name (``shakespeare-char``) or path (``my.yaml``) into a nested dict."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        found = [d / f"{name_or_path}.yaml" for d in recipe_dirs()]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            if path.suffix in (".yaml", ".yml"):
+                raise AttnkitError(f"recipe file not found: {name_or_path}")
+            names = list_recipes()
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise AttnkitError(f"unknown recipe '{name_or_path}' ({hint}available: "
+                               f"{', '.join(names) or 'none'}; or pass a path to a .yaml file)")
+        path = found[0]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise AttnkitError(f"recipe {path} is not valid YAML{where} (fix the file)") from None
+    if not isinstance(data, dict):
+        raise AttnkitError(f"recipe {path} must be a mapping of sections (model:, train:, data:)")
+    data.pop("description", None)
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["--train.steps=10", "--model.pos", "rope"]`` -> ``{"train.steps": "10", "model.pos": "rope"}``."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=")[0]:
+            raise AttnkitError(f"cannot parse argument '{arg}' (overrides look like "
+                               f"--section.key=value, e.g. --train.steps=100)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        else:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise AttnkitError(f"override '{arg}' has no value (write {arg}=VALUE)")
+            key, value = arg[2:], args[i + 1]
+            i += 1
+        if key.count(".") != 1:
+            raise _unknown(key)
+        out[key] = value
+        i += 1
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; unknown keys are rejected here, types in :func:`build`."""
+    data = {s: dict(v or {}) for s, v in data.items()}
+    valid = set(all_keys())
+    for key, value in overrides.items():
+        if key not in valid:
+            raise _unknown(key)
+        section, leaf = key.split(".")
+        data.setdefault(section, {})[leaf] = value
+    return data
+
+
+def resolve(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """defaults -> recipe -> overrides, validated."""
+    data = load_recipe(recipe) if recipe else {}
+    return config_from_dict(apply_overrides(data, overrides or {}))

@@ -1,0 +1,129 @@
+"""A decoder-only Transformer (GPT-2 / Llama style) built from one composable block.
+
+Every architectural choice in :class:`~attnkit.config.ModelConfig` is a name
+looked up in a table beside the classes that implement it, so the model reads
+top to bottom the same way whatever the knobs.
+
+Contract shared by every family: ``logits, loss = model(input_ids, targets=None)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.config import ModelConfig
+from attnkit.nn import NORMS, Attention, Block, KVCache, build_ffn, ffn_hidden_size
+from attnkit.nn.positional import LearnedPositional, RotaryEmbedding, SinusoidalPositional
+
+ADDITIVE_POSITIONS = {"learned": LearnedPositional, "sinusoidal": SinusoidalPositional}
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set before building a model")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        pos_cls = ADDITIVE_POSITIONS.get(cfg.pos)
+        self.pos_emb = pos_cls(cfg.context_length, cfg.d_model) if pos_cls else None
+        # RoPE has no parameters, so one table is shared by every layer.
+        rope = (RotaryEmbedding(cfg.head_size, cfg.context_length, cfg.rope_theta)
+                if cfg.pos == "rope" else None)
+        hidden = cfg.ffn_hidden or ffn_hidden_size(cfg.d_model, cfg.ffn)
+        norm = NORMS[cfg.norm]
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                attn=Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
+                               dropout=cfg.dropout, causal=True, rope=rope,
+                               alibi=cfg.pos == "alibi", backend=cfg.attention),
+                ffn=build_ffn(cfg.ffn, cfg.d_model, hidden, cfg.bias),
+                attn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
+                ffn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
+                norm_position=cfg.norm_position,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.n_layers)
+        )
+        # Post-LN already ends every block with a norm; pre-LN needs one before the head.
+        self.final_norm = (norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+                           if cfg.norm_position == "pre" else nn.Identity())
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:  # Press & Wolf (2017); the 2017 paper shares them too
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual output projections by 1/sqrt(2 * n_layers) so the
+        # variance of the residual stream does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, LearnedPositional):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
+        cross-entropy (positions whose target is -100 are ignored).
+
+        With a ``cache``, ``input_ids`` are the tokens that follow the cached
+        ones; the cache grows by T.
+        """
+        x, _ = self.hidden_states(input_ids, cache=cache)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=-100)
+        return logits, loss
+
+    def hidden_states(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
+                      need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final hidden states (B, T, C), and with ``need_weights`` the attention weights
+        of every layer, each (B, nh, T, S), computed on the eager path."""
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if self.pos_emb is not None and start + T > self.cfg.context_length and \
+                self.cfg.pos == "learned":
+            raise ValueError(f"sequence of {start + T} tokens exceeds the learned position "
+                             f"table of {self.cfg.context_length}")
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=input_ids.device))
+        x = self.drop(x)
+        weights = []
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, cache=cache, layer=i, need_weights=need_weights)
+            if w is not None:
+                weights.append(w)
+        if cache is not None:
+            cache.advance(T)
+        return self.final_norm(x), weights
+
+    @torch.no_grad()
+    def attention_maps(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every layer, (B, nh, T, T) each, whatever the training back-end."""
+        return self.hidden_states(input_ids, need_weights=True)[1]
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache on the model's device and dtype."""
+        p = self.tok_emb.weight
+        return KVCache(self.cfg.n_layers, batch_size, self.cfg.n_kv_heads, self.cfg.head_size,
+                       max_len or self.cfg.context_length, device=p.device, dtype=p.dtype)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; tied weights once, learned position table excluded if asked."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and isinstance(self.pos_emb, LearnedPositional):
+            n -= self.pos_emb.weight.numel()
+        return n

@@ -1,0 +1,106 @@
+"""Multi-head attention with grouped key/value heads (MHA, GQA, MQA).
+
+``n_kv_heads == n_heads`` is the multi-head attention of the 2017 paper;
+fewer key/value heads, each shared by ``n_heads // n_kv_heads`` query heads, is
+grouped-query attention (Ainslie et al., 2023); one is multi-query attention
+(Shazeer, 2019).
+
+Two back-ends compute the same function: ``sdpa`` calls PyTorch's fused
+``scaled_dot_product_attention``; ``eager`` spells out softmax(QK^T/sqrt(d))V
+and can return the attention weights for inspection.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.nn.kv_cache import KVCache
+from attnkit.nn.positional import RotaryEmbedding, alibi_bias, alibi_slopes
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, bias: bool = True,
+                 dropout: float = 0.0, causal: bool = True, rope: RotaryEmbedding | None = None,
+                 alibi: bool = False, backend: str = "sdpa") -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_size = d_model // n_heads
+        self.causal, self.dropout, self.backend = causal, dropout, backend
+        self.rope = rope
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_size, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_size, d_model, bias=bias)
+        if alibi:
+            self.register_buffer("alibi_slopes", alibi_slopes(n_heads), persistent=False)
+        else:
+            self.alibi_slopes = None
+
+    def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, layer: int = 0,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention over ``x`` (B, T, C) -> ((B, T, C), weights (B, nh, T, S) or None).
+
+        With a ``cache``, the T new tokens sit at positions cache.length ..
+        cache.length + T - 1 and attend to every cached token as well.
+        """
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        q_pos = torch.arange(start, start + T, device=x.device)
+        if self.rope is not None:
+            q, k = self.rope(q, q_pos), self.rope(k, q_pos)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = start + T
+        S = k.shape[2]
+
+        mask = self._mask(q_pos, S, x.device)  # None, or additive (nh|1, T, S)
+        dropout = self.dropout if self.training else 0.0
+        if need_weights or self.backend == "eager":
+            out, weights = self._eager(q, k, v, mask, dropout)
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout,
+                is_causal=self.causal and mask is None and T > 1,
+                enable_gqa=self.n_kv_heads != self.n_heads)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size)  # (B, T, C)
+        return self.o_proj(out), weights
+
+    def _mask(self, q_pos: torch.Tensor, S: int, device: torch.device) -> torch.Tensor | None:
+        """The additive mask, or None when SDPA's built-in ``is_causal`` suffices.
+
+        ``is_causal`` aligns the mask to the top-left corner, which is only right
+        when queries and keys start together (no cache) - so a cached prefill
+        of several tokens, and ALiBi, need an explicit mask.
+        """
+        T = q_pos.shape[0]
+        start = S - T
+        if self.alibi_slopes is None and (start == 0 or T == 1 or not self.causal):
+            return None
+        k_pos = torch.arange(S, device=device)
+        mask = torch.zeros(1, T, S, device=device)
+        if self.causal:
+            mask = mask.masked_fill(k_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        if self.alibi_slopes is not None:
+            mask = mask + alibi_bias(self.alibi_slopes, q_pos, k_pos)  # (nh, T, S)
+        return mask
+
+    def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(Q K^T / sqrt(hs) + mask) V, spelled out (Vaswani et al., 2017, eq. 1)."""
+        groups = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+        v = v.repeat_interleave(groups, dim=1)
+        T, S = q.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, nh, T, S)
+        if mask is not None:
+            scores = scores + mask.to(scores.dtype)
+        elif self.causal and T > 1:
+            causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+            scores = scores.masked_fill(~causal, float("-inf"))
+        weights = scores.float().softmax(dim=-1).to(q.dtype)
+        return F.dropout(weights, dropout, self.training) @ v, weights  # (B, nh, T, hs)

@@ -1,0 +1,6 @@
+"""Training: the loop, the optimizer and its schedule."""
+
+from attnkit.train.optim import build_optimizer, lr_at
+from attnkit.train.trainer import Trainer
+
+__all__ = ["Trainer", "build_optimizer", "lr_at"]

@@ -1,0 +1,32 @@
+"""AdamW with decay / no-decay groups, and the learning-rate schedule."""
+
+import math
+
+import torch
+from torch import nn
+
+from attnkit.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter, 2019). Matrices and embeddings decay; biases and
+    norm gains do not - shrinking them towards zero only fights the normalisation."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=device_type == "cuda")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup for ``warmup_steps``, then cosine decay to ``min_lr`` at the last step."""
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
