@@ -118,6 +118,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         run_dir = args.resume
         resume = True
     else:
+        if args.recipe and "=" in args.recipe:
+            raise AttnkitError(f"cannot parse '{args.recipe}': overrides start with two dashes "
+                               f"(e.g. --{args.recipe})")
         data = load_recipe(args.recipe) if args.recipe else {}
         cfg = config_from_dict(apply_overrides(data, overrides))
         run_dir = args.out or _fresh_run_dir(Path(args.recipe).stem if args.recipe
@@ -167,7 +170,10 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         raise AttnkitError("--top-p must be in (0, 1]")
     model = attnkit.load(args.run, device=args.device)
     prompt = args.prompt
-    model.tokenizer.encode(prompt)  # refuse a bad prompt before printing anything
+    n_prompt = len(model.tokenizer.encode(prompt))  # refuse a bad prompt before printing anything
+    if n_prompt > model.cfg.context_length:
+        raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
+                           f"{model.cfg.context_length} (shorten the prompt)")
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         if args.num_samples > 1:
@@ -181,6 +187,25 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take ``--section.key=value`` and ``--section.key value`` out of ``argv`` before argparse
+    sees them, so a value is never mistaken for the positional recipe."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg.split("=", 1)[0]
+        if arg.startswith("--") and "." in key and not any(c in key for c in "/\\"):
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample}
 
 
@@ -189,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     debug = "--debug" in argv
     try:
+        argv, overrides = split_overrides(argv)
         args, extra = parser.parse_known_args(argv)
+        extra = overrides + extra
         if args.version:
             from attnkit import __version__
 

@@ -104,7 +104,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation loop. ``batch_size`` is sequences per optimizer step."""
 
-    steps: int = 2000
+    steps: int = 1500  # the default run: ~5 minutes on 2 CPU cores
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum sequences
     lr: float = 2e-3
@@ -280,7 +280,7 @@ def expand_presets(model: dict[str, Any]) -> dict[str, Any]:
     out.update(model)
     ratio = out.pop("kv_heads_ratio", None)
     if ratio and "n_kv_heads" not in model:
-        n_heads = int(out.get("n_heads", ModelConfig.n_heads))
+        n_heads = _coerce("model.n_heads", out.get("n_heads", ModelConfig.n_heads), int)
         out["n_kv_heads"] = n_heads // ratio if n_heads % ratio == 0 else n_heads
     return out
 
@@ -289,15 +289,22 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a :class:`RunConfig` from a nested dict (a recipe, a saved run's config)."""
     if not isinstance(data, dict):
         raise AttnkitError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    for section in data:
+    for section, body in data.items():
         if section not in SECTIONS:
             raise _unknown(str(section))
+        _check_section(section, body)
     model = expand_presets(dict(data.get("model") or {}))
     return RunConfig(
         model=build(ModelConfig, model, "model"),
         train=build(TrainConfig, dict(data.get("train") or {}), "train"),
         data=build(DataConfig, dict(data.get("data") or {}), "data"),
     )
+
+
+def _check_section(section: str, body: Any) -> None:
+    if body is not None and not isinstance(body, dict):
+        raise AttnkitError(f"config section '{section}' must be a mapping of keys to values, "
+                           f"got {body!r} (write e.g. '{section}:' then indented 'key: value' lines)")
 
 
 # --- recipes and overrides ----------------------------------------------------------------
@@ -365,6 +372,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set dotted keys in a nested dict; unknown keys are rejected here, types in :func:`build`."""
+    for section, body in data.items():
+        _check_section(str(section), body)
     data = {s: dict(v or {}) for s, v in data.items()}
     valid = set(all_keys())
     for key, value in overrides.items():

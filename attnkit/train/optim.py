@@ -21,12 +21,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup for ``warmup_steps``, then cosine decay to ``min_lr`` at the last step."""
+    """Linear warmup for ``warmup_steps``, then cosine decay that reaches ``min_lr`` at the
+    last step the trainer takes (``steps - 1``; steps are numbered from 0)."""
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup_steps)
+    span = max(1, cfg.steps - 1 - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))

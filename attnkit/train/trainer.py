@@ -108,7 +108,25 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"])
         meta = json.loads((ckpt / "state.json").read_text())
         self.step, self.elapsed = meta["step"], meta.get("elapsed_s", 0.0)
+        self._truncate_metrics()
         self.log(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break  # a line cut short by a crash: everything after it is suspect
+        write_text = "".join(k + "\n" for k in keep)
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text(write_text, encoding="utf-8")
+        tmp.replace(path)
 
     def save(self) -> Path:
         extra = {"rng_cpu": torch.get_rng_state(), "scaler": self.scaler.state_dict()}
