@@ -25,11 +25,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _override_help() -> str:
     import dataclasses
+    import textwrap
 
     lines = ["config overrides (--section.key=value; defaults shown):"]
     for section, cls in SECTIONS.items():
         fields = [f"{f.name}={_default(f)}" for f in dataclasses.fields(cls)]
-        lines.append(f"  --{section}.*  " + ", ".join(fields))
+        first = f"  --{section}.*  "
+        lines += textwrap.wrap(", ".join(fields), width=94, initial_indent=first,
+                               subsequent_indent=" " * len(first))
     lines += [
         "",
         "  model.style: gpt2 | llama | original     model.size: tiny | mini | small | medium | "
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN",
                        help="continue the run in RUN from its latest checkpoint; only --train.* "
                             "overrides may be given (e.g. more --train.steps)")
+    train.add_argument("--vocab-size", type=int, metavar="N",
+                       help="BPE vocabulary size (same as --data.vocab_size=N)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (same as --train.compile=true)")
     train.add_argument("--no-samples", action="store_true",
                        help="skip the samples printed at the end")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -107,6 +114,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from attnkit.train import Trainer
 
     overrides = parse_overrides(extra)
+    if args.vocab_size is not None:
+        overrides["data.vocab_size"] = str(args.vocab_size)
+    if args.compile:
+        overrides["train.compile"] = "true"
     if args.resume:
         if args.recipe or args.out:
             raise AttnkitError("--resume continues an existing run; drop the recipe and --out")

@@ -464,3 +464,28 @@ def test_subprocess_error_is_one_line_with_exit_code_2(tmp_path):
     assert "did you mean 'train.steps'" in lines[0]
     assert proc.stdout == ""
     assert not (tmp_path / "runs").exists()
+
+
+def test_vocab_size_and_compile_flags_are_aliases(env, capsys, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(cfg, run_dir, resume=False, log=print):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr("attnkit.train.Trainer", fake_trainer)
+    with pytest.raises(Stop):
+        main(["train", "--data.tokenizer=bpe", "--vocab-size", "512", "--compile"])
+    assert seen["cfg"].data.vocab_size == 512 and seen["cfg"].train.compile is True
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoints_the_plain_module(env, capsys):
+    rc, _, err = cli(capsys, "train", *TINY, "--train.steps=2", "--compile", "--no-samples",
+                     "--out", "run")
+    assert rc == 0, err
+    names = load_file(str(env / "run/checkpoints/step-000002/model.safetensors"))
+    assert names and not any("_orig_mod" in k for k in names)

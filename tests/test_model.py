@@ -155,3 +155,26 @@ def test_gradients_reach_every_parameter():
     ids = torch.randint(0, 37, (2, 12))
     model(ids, ids)[1].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama", "original"])
+@pytest.mark.parametrize("size", ["tiny", "mini"])
+def test_presets_build_and_train_a_step(style, size):
+    from attnkit.config import expand_presets
+
+    cfg = ModelConfig(**expand_presets({"style": style, "size": size, "vocab_size": 50}))
+    model = Decoder(cfg)
+    ids = torch.randint(0, 50, (1, 16))
+    model(ids, ids)[1].backward()
+    if style == "llama":
+        assert cfg.n_kv_heads == cfg.n_heads // 2 and cfg.pos == "rope" and not cfg.bias
+
+
+def test_gpt2_124m_preset_has_gpt2_small_parameter_count():
+    from attnkit.config import expand_presets
+
+    cfg = ModelConfig(**expand_presets({"style": "gpt2", "size": "gpt2-124m", "vocab_size": 50257}))
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = Decoder(cfg)
+    # GPT-2 small: 124,439,808 parameters with the position table, tied embeddings.
+    assert model.num_params(non_embedding=False) == 124_439_808
