@@ -7,7 +7,8 @@ Layout of a run::
       tokenizer.json       the tokenizer
       metrics.jsonl        one JSON object per logged step
       checkpoints/
-        step-000500/       model.safetensors, optimizer.pt, state.json
+        step-000500/       model.safetensors, optimizer.pt, state.json, and copies of
+                           config.json and tokenizer.json
         latest             the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder beside the others and renamed
@@ -77,6 +78,9 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             torch.save({"optimizer": optimizer.state_dict(), **(extra_tensors or {})},
                        tmp / "optimizer.pt")
         write_json(tmp / "state.json", state)
+        for name_ in ("config.json", "tokenizer.json"):  # each checkpoint stands on its own
+            if (run_dir / name_).is_file():
+                shutil.copyfile(run_dir / name_, tmp / name_)
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -82,7 +82,9 @@ def test_train_on_builtin_corpus_writes_a_complete_run(env, capsys):
     steps = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert steps == ["step-000002", "step-000004"]
     for step in steps:
-        assert (run / "checkpoints" / step / "model.safetensors").is_file()
+        for name in ("model.safetensors", "optimizer.pt", "state.json", "config.json",
+                     "tokenizer.json"):
+            assert (run / "checkpoints" / step / name).is_file(), (step, name)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
 
     lines = metrics(run)
