@@ -7,6 +7,7 @@ line on stderr with exit code 2 and no traceback (``--debug`` shows it).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(seeds seed, seed+1, ...)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sample.add_argument("--debug", action="store_true", help="show tracebacks")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
@@ -219,6 +222,11 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample}
 
+# Further subcommands live in their own modules under attnkit/commands/. Each defines
+# ``add_parser(sub)`` (which calls ``set_defaults(func=run)``) and ``run(args, extra) -> int``,
+# and imports anything heavy inside ``run`` so that ``attnkit --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return COMMANDS[args.command](args, extra)
+        func = getattr(args, "func", None) or COMMANDS[args.command]
+        return func(args, extra)
     except AttnkitError as e:
         if debug:
             raise

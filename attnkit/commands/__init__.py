@@ -1,0 +1,1 @@
+"""Subcommands beyond train and sample; see ``COMMAND_MODULES`` in attnkit/cli.py."""
