@@ -50,15 +50,13 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class ModelConfig:
-    """A decoder-only Transformer. Every choice is a name from a small table."""
+class TransformerConfig:
+    """The knobs every Transformer family shares. Every choice is a name from a small table."""
 
-    style: str | None = None  # a key of STYLES, applied under the explicit keys
-    size: str | None = None  # a key of SIZES, applied under the explicit keys
+    family: str = "decoder"  # decoder | seq2seq | encoder | lstm: picks the dataclass
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
     context_length: int = 128
     d_model: int = 128
-    n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int | None = None  # None: n_heads (MHA); fewer: GQA; 1: MQA
     ffn_hidden: int | None = None  # None: 4 * d_model, or 2/3 of that for GLU variants
@@ -70,14 +68,13 @@ class ModelConfig:
     rope_theta: float = 10000.0
     dropout: float = 0.0
     bias: bool = True
-    tie_embeddings: bool = True
     attention: Literal["sdpa", "eager"] = "sdpa"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for name in ("context_length", "d_model", "n_layers", "n_heads", "n_kv_heads"):
+        for name in ("context_length", "d_model", "n_heads", "n_kv_heads", *self._layer_fields()):
             if getattr(self, name) < 1:
                 raise AttnkitError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
@@ -95,9 +92,86 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise AttnkitError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
+    def _layer_fields(self) -> tuple[str, ...]:
+        return tuple(f for f in ("n_layers", "n_encoder_layers", "n_decoder_layers")
+                     if hasattr(self, f))
+
     @property
     def head_size(self) -> int:
         return self.d_model // self.n_heads
+
+
+@dataclass
+class DecoderConfig(TransformerConfig):
+    """A decoder-only Transformer (GPT-2 / Llama style)."""
+
+    family: Literal["decoder"] = "decoder"
+    style: str | None = None  # a key of STYLES, applied under the explicit keys
+    size: str | None = None  # a key of SIZES, applied under the explicit keys
+    n_layers: int = 4
+    tie_embeddings: bool = True
+
+
+ModelConfig = DecoderConfig  # the first family's config keeps its original name
+
+
+@dataclass
+class Seq2SeqConfig(TransformerConfig):
+    """The encoder-decoder of *Attention Is All You Need*; its defaults are the paper's."""
+
+    family: Literal["seq2seq"] = "seq2seq"
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    norm_position: NormPosition = "post"
+    ffn: FFN = "relu"
+    pos: Pos = "sinusoidal"
+    dropout: float = 0.1
+    share_embeddings: bool = True  # source, target and output embeddings are one matrix (3.4)
+    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) (3.4)
+    embedding_norm: bool = False  # a norm after embedding + position (BART)
+    label_smoothing: float = 0.1  # (5.4)
+
+
+@dataclass
+class EncoderConfig(TransformerConfig):
+    """A bidirectional encoder (BERT style): masked-LM pretraining, classification, embeddings."""
+
+    family: Literal["encoder"] = "encoder"
+    n_layers: int = 4
+    norm_position: NormPosition = "post"
+    type_vocab_size: int = 0  # BERT's segment embeddings (2); 0: none
+    embedding_norm: bool = True  # BERT normalises embedding + position + segment
+    n_labels: int = 0  # > 0 adds a sequence-classification head
+    pooling: Literal["mean", "cls"] = "mean"
+    tie_embeddings: bool = True  # the MLM output layer shares the token embedding
+
+
+@dataclass
+class LSTMConfig:
+    """The recurrent baseline: embedding -> stacked LSTM -> output layer."""
+
+    family: Literal["lstm"] = "lstm"
+    vocab_size: int = 0
+    context_length: int = 128  # training window (the LSTM itself has no length limit)
+    d_model: int = 256
+    n_layers: int = 2
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("context_length", "d_model", "n_layers"):
+            if getattr(self, name) < 1:
+                raise AttnkitError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AttnkitError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+FAMILY_CONFIGS: dict[str, type] = {
+    "decoder": DecoderConfig, "seq2seq": Seq2SeqConfig, "encoder": EncoderConfig,
+    "lstm": LSTMConfig,
+}
+AnyModelConfig = DecoderConfig | Seq2SeqConfig | EncoderConfig | LSTMConfig
 
 
 @dataclass
@@ -110,7 +184,7 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr: float | None = None  # None: lr / 10
     warmup_steps: int = 100
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "noam"] = "cosine"  # noam: the 2017 paper's (5.3)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -143,20 +217,33 @@ class TrainConfig:
 class DataConfig:
     """Where text comes from and how it becomes tokens."""
 
-    path: str = "pydoc"  # "pydoc" (built in), a text file, or a folder of text files
-    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    path: str = "pydoc"  # "pydoc" (built in), a text file, a folder, or a synthetic task
+    task: Literal["lm", "seq2seq", "mlm", "classify"] = "lm"
+    tokenizer: str = "char"  # char | byte | bpe | gpt2 | path to a tokenizer.json (or its folder)
     vocab_size: int = 2048  # for bpe only
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
     cache_dir: str | None = None  # token files; None: $ATTNKIT_CACHE or ~/.cache/attnkit/tokens
 
+    mlm_probability: float = 0.15  # task mlm: fraction of tokens masked (BERT)
+
     def __post_init__(self) -> None:
+        kinds = ("char", "byte", "bpe", "gpt2")
+        if self.tokenizer not in kinds and not _looks_like_path(self.tokenizer):
+            close = difflib.get_close_matches(self.tokenizer, kinds, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise AttnkitError(f"data.tokenizer must be one of {', '.join(kinds)} or a path to a "
+                               f"tokenizer.json, got {self.tokenizer!r}{hint}")
         if not 0.0 < self.val_fraction < 1.0:
             raise AttnkitError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or "\\" in spec or spec.endswith(".json") or Path(spec).exists()
+
+
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: AnyModelConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -164,14 +251,18 @@ class RunConfig:
         return asdict(self)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+SECTIONS: dict[str, type] = {"model": DecoderConfig, "train": TrainConfig, "data": DataConfig}
 
 
 # --- building dataclasses strictly --------------------------------------------------------
 
 def all_keys() -> list[str]:
-    """Every valid dotted key, e.g. ``train.steps``."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    """Every valid dotted key, e.g. ``train.steps`` (model keys of every family)."""
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() if s != "model"
+            for f in dataclasses.fields(cls)]
+    model = dict.fromkeys(f"model.{f.name}" for cls in FAMILY_CONFIGS.values()
+                          for f in dataclasses.fields(cls))
+    return list(model) + keys
 
 
 def _unknown(key: str) -> AttnkitError:
@@ -259,6 +350,12 @@ def build(cls: type, data: dict[str, Any], section: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            owners = [fam for fam, c in FAMILY_CONFIGS.items()
+                      if key in {f.name for f in dataclasses.fields(c)}]
+            if section == "model" and owners:
+                raise AttnkitError(f"model.{key} does not apply to the {data.get('family', 'decoder')} "
+                                   f"family (it belongs to {', '.join(owners)}; set "
+                                   f"--model.family accordingly or drop the key)")
             raise _unknown(f"{section}.{key}")
         kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
     return cls(**kwargs)
@@ -293,9 +390,17 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         if section not in SECTIONS:
             raise _unknown(str(section))
         _check_section(section, body)
-    model = expand_presets(dict(data.get("model") or {}))
+    model = dict(data.get("model") or {})
+    family = model.get("family", "decoder")
+    if family not in FAMILY_CONFIGS:
+        close = difflib.get_close_matches(str(family), list(FAMILY_CONFIGS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise AttnkitError(f"model.family must be one of {', '.join(FAMILY_CONFIGS)}, got "
+                           f"{family!r}{hint}")
+    if family == "decoder":
+        model = expand_presets(model)
     return RunConfig(
-        model=build(ModelConfig, model, "model"),
+        model=build(FAMILY_CONFIGS[family], model, "model"),
         train=build(TrainConfig, dict(data.get("train") or {}), "train"),
         data=build(DataConfig, dict(data.get("data") or {}), "data"),
     )

@@ -429,3 +429,32 @@ def test_constant_schedule():
     cfg = train_cfg(schedule="constant")
     assert lr_at(0, cfg) == pytest.approx(cfg.lr / cfg.warmup_steps)
     assert all(lr_at(s, cfg) == cfg.lr for s in range(cfg.warmup_steps, cfg.steps + 5))
+
+
+# ------------------------------------------------------------------ families and noam
+
+
+def test_family_selects_the_config_dataclass():
+    from attnkit.config import EncoderConfig, Seq2SeqConfig
+
+    s2s = config_from_dict({"model": {"family": "seq2seq"}}).model
+    assert isinstance(s2s, Seq2SeqConfig)
+    # the 2017 paper's choices are the seq2seq defaults
+    assert (s2s.norm_position, s2s.pos, s2s.ffn, s2s.share_embeddings) == (
+        "post", "sinusoidal", "relu", True)
+    assert isinstance(config_from_dict({"model": {"family": "encoder"}}).model, EncoderConfig)
+
+
+def test_family_errors_name_the_fix():
+    with pytest.raises(AttnkitError, match="did you mean 'seq2seq'"):
+        config_from_dict({"model": {"family": "seq2sq"}})
+    with pytest.raises(AttnkitError, match="belongs to seq2seq"):
+        config_from_dict({"model": {"n_encoder_layers": 2}})
+
+
+def test_noam_schedule_is_the_papers_shape():
+    cfg = train_cfg(schedule="noam", warmup_steps=4, lr=1e-3)
+    lrs = [lr_at(s, cfg) for s in range(16)]
+    assert lrs[3] == pytest.approx(1e-3)  # peak at s = warmup
+    assert lrs[0] == pytest.approx(1e-3 / 4)  # linear warmup
+    assert lrs[15] == pytest.approx(1e-3 * (4 / 16) ** 0.5)  # 1/sqrt(step) decay

@@ -1,14 +1,20 @@
-"""Model families. Each takes one config dataclass and honours
-``logits, loss = model(input_ids, targets=None)``."""
+"""Model families. Each takes its own config dataclass and honours
+``logits, loss = model(input_ids, targets=None)``; ``build_model`` picks the
+class from the config's ``family``."""
 
-from attnkit.config import ModelConfig
+from torch import nn
+
 from attnkit.models.decoder import Decoder
+from attnkit.models.lstm import LSTMLanguageModel
 
-MODELS = {"decoder": Decoder}
-
-
-def build_model(cfg: ModelConfig) -> Decoder:
-    return Decoder(cfg)
+MODELS: dict[str, type[nn.Module]] = {"decoder": Decoder, "lstm": LSTMLanguageModel}
 
 
-__all__ = ["Decoder", "MODELS", "build_model"]
+def build_model(cfg) -> nn.Module:
+    """The model for ``cfg`` (any family's config dataclass)."""
+    if cfg.family not in MODELS:
+        raise ValueError(f"no model registered for family {cfg.family!r}")
+    return MODELS[cfg.family](cfg)
+
+
+__all__ = ["Decoder", "LSTMLanguageModel", "MODELS", "build_model"]

@@ -22,8 +22,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup for ``warmup_steps``, then cosine decay that reaches ``min_lr`` at the
-    last step the trainer takes (``steps - 1``; steps are numbered from 0)."""
+    last step the trainer takes (``steps - 1``; steps are numbered from 0). ``constant``
+    holds ``lr`` after warmup; ``noam`` decays as 1/sqrt(step) after it, as in the 2017 paper."""
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    if cfg.schedule == "noam":
+        # Vaswani et al. (2017), eq. 3: d^-0.5 * min(s^-0.5, s * w^-1.5). The d^-0.5 factor is
+        # folded into train.lr, which is the peak, reached at s = warmup_steps.
+        s, w = step + 1, max(1, cfg.warmup_steps)
+        return cfg.lr * min(s / w, (w / s) ** 0.5)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":

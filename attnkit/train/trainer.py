@@ -25,13 +25,11 @@ from attnkit.checkpoint import (
     write_json,
 )
 from attnkit.config import RunConfig
-from attnkit.data import batch_generator, check_length, get_batch, prepare_tokens, read_corpus
 from attnkit.errors import AttnkitError
-from attnkit.generate import stream
 from attnkit.models import build_model
-from attnkit.tokenizers import load_tokenizer, train_tokenizer
 from attnkit.train.optim import build_optimizer, lr_at
 from attnkit.train.progress import Progress
+from attnkit.train.tasks import build_task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,6 +55,19 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+def describe_model(model: torch.nn.Module, cfg) -> str:
+    """One line: size, family and the knobs that matter."""
+    n = f"{model.num_params() / 1e6:.2f}M parameters"
+    if cfg.family == "lstm":
+        return f"{n} | LSTM, {cfg.n_layers} layers, d_model {cfg.d_model}"
+    layers = (f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers" if cfg.family == "seq2seq"
+              else f"{cfg.n_layers} layers")
+    kv = f" ({cfg.n_kv_heads} kv)" if cfg.n_kv_heads != cfg.n_heads else ""
+    return (f"{n} | {cfg.family}, {layers}, d_model {cfg.d_model}, {cfg.n_heads} heads{kv}, "
+            f"context {cfg.context_length} | pos {cfg.pos}, {cfg.norm_position}-{cfg.norm}, "
+            f"ffn {cfg.ffn}")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, log=print) -> None:
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
@@ -65,16 +76,8 @@ class Trainer:
         self.precision = pick_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
 
-        # Tokenizer: trained on the corpus for a new run, read back on resume.
-        text_source = cfg.data.path
-        if resume:
-            self.tokenizer = load_tokenizer(self.run_dir / "tokenizer.json")
-        else:
-            text = read_corpus(text_source)
-            self.tokenizer = train_tokenizer(cfg.data.tokenizer, text, cfg.data.vocab_size)
-        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        self.data = prepare_tokens(text_source, self.tokenizer, cache, cfg.data.val_fraction)
-        check_length(self.data, cfg.model.context_length)
+        self.task = build_task(cfg, self.run_dir, resume)
+        self.tokenizer = self.task.tokenizer
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size < self.tokenizer.vocab_size:
@@ -132,8 +135,7 @@ class Trainer:
         extra = {"rng_cpu": torch.get_rng_state(), "scaler": self.scaler.state_dict()}
         if self.device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state()
-        state = {"step": self.step, "elapsed_s": round(self.elapsed, 3),
-                 "tokens": self.step * self.cfg.train.batch_size * self.cfg.model.context_length}
+        state = {"step": self.step, "elapsed_s": round(self.elapsed, 3)}
         return save_checkpoint(self.run_dir, self.model, self.optimizer, state, extra)
 
     # --- the loop --------------------------------------------------------------------------
@@ -143,25 +145,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def batch(self, split: str, step: int, micro: int, batch_size: int):
-        tokens = self.data.train if split == "train" else self.data.val
-        g = batch_generator(self.cfg.train.seed, step, micro, split)
-        return get_batch(tokens, batch_size, self.cfg.model.context_length, g, self.device)
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over the same ``eval_batches`` batches at every evaluation."""
-        self.model.eval()
+    def evaluate(self) -> dict[str, float]:
+        """The task's validation metrics; always ``val_loss``, the same batches every time."""
         t = self.cfg.train
-        micro = t.batch_size // t.grad_accum
-        losses = []
-        for i in range(t.eval_batches):
-            x, y = self.batch("val", 0, i, micro)
-            with self.autocast():
-                _, loss = self.forward(x, y)
-            losses.append(loss.item())
-        self.model.train()
-        return sum(losses) / len(losses)
+        return self.task.evaluate(self.forward, self.autocast, t.batch_size // t.grad_accum,
+                                  t.eval_batches, self.device)
 
     def train_step(self) -> float:
         t = self.cfg.train
@@ -170,10 +158,12 @@ class Trainer:
             group["lr"] = lr
         micro_bs = t.batch_size // t.grad_accum
         total = 0.0
+        self.tokens_this_step = 0
         for micro in range(t.grad_accum):
-            x, y = self.batch("train", self.step, micro, micro_bs)
+            batch = self.task.batch("train", self.step, micro, micro_bs, self.device)
+            self.tokens_this_step += self.task.tokens_in(batch)
             with self.autocast():
-                _, loss = self.forward(x, y)
+                _, loss = self.forward(**batch)
             self.scaler.scale(loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         if t.grad_clip > 0:
@@ -191,17 +181,10 @@ class Trainer:
     def run(self) -> dict:
         """Train to ``train.steps``; returns a summary (final val loss, tokens/s, wall time)."""
         t = self.cfg.train
-        n = self.model.num_params()
-        self.log(f"model: {n / 1e6:.2f}M parameters | {self.cfg.model.n_layers} layers, "
-                 f"d_model {self.cfg.model.d_model}, {self.cfg.model.n_heads} heads, context "
-                 f"{self.cfg.model.context_length} | pos {self.cfg.model.pos}, "
-                 f"{self.cfg.model.norm_position}-{self.cfg.model.norm}, ffn {self.cfg.model.ffn}")
-        self.log(f"data: {self.cfg.data.path} | {self.cfg.data.tokenizer} tokenizer, vocab "
-                 f"{self.tokenizer.vocab_size} | {len(self.data.train):,} train / "
-                 f"{len(self.data.val):,} val tokens")
+        self.log(f"model: {describe_model(self.model, self.cfg.model)}")
+        self.log(self.task.describe())
         self.log(f"train: {t.steps} steps x {t.batch_size} sequences on {self.device} "
                  f"({self.precision}) -> {self.run_dir}")
-        tokens_per_step = t.batch_size * self.cfg.model.context_length
         metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         progress = Progress(t.steps, start=self.step, every=max(t.log_every, t.steps // 20))
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -209,7 +192,7 @@ class Trainer:
             signal.signal(s, self._on_signal)
         val_loss = math.nan
         rate = 0.0
-        started = self.step
+        tokens_done = 0
         t_start = time.perf_counter()
         try:
             self.model.train()
@@ -218,7 +201,9 @@ class Trainer:
                 loss = self.train_step()
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
-                rate = tokens_per_step / dt if rate == 0 else 0.9 * rate + 0.1 * tokens_per_step / dt
+                tokens_done += self.tokens_this_step
+                now = self.tokens_this_step / dt
+                rate = now if rate == 0 else 0.9 * rate + 0.1 * now
                 progress.update(self.step, loss, rate)
                 record = {"step": self.step, "loss": round(loss, 5),
                           "lr": float(f"{self.optimizer.param_groups[0]['lr']:.6g}"),
@@ -228,10 +213,13 @@ class Trainer:
                                        f"--train.lr or raise --train.warmup_steps)")
                 evaluate = self.step % t.eval_every == 0 or self.step == t.steps
                 if evaluate:
-                    val_loss = self.evaluate()
-                    record["val_loss"] = round(val_loss, 5)
+                    results = self.evaluate()
+                    val_loss = results["val_loss"]
+                    record.update({k: round(v, 5) for k, v in results.items()})
+                    extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in results.items()
+                                    if k != "val_loss")
                     progress.print(f"step {self.step}: train loss {loss:.4f}, val loss "
-                                   f"{val_loss:.4f}")
+                                   f"{val_loss:.4f}{extra}")
                 if evaluate or self.step % t.log_every == 0:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -248,26 +236,14 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
         wall = time.perf_counter() - t_start
-        steps_done = self.step - started
         summary = {"step": self.step, "val_loss": val_loss, "wall_s": round(wall, 1),
-                   "tokens_per_s": round(steps_done * tokens_per_step / max(wall, 1e-9), 1),
+                   "tokens_per_s": round(tokens_done / max(wall, 1e-9), 1),
                    "interrupted": self._stop_requested}
         summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
         if self.device.type == "cuda":
             summary["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         return summary
 
-    def samples(self, n: int, max_new_tokens: int, temperature: float = 0.8,
-                top_k: int | None = 40) -> list[str]:
-        """``n`` samples from a newline prompt, for a look at what the model learned."""
-        try:
-            prompt = "\n"
-            self.tokenizer.encode(prompt)
-        except AttnkitError:  # a char vocabulary without newlines: start from the corpus
-            prompt = self.tokenizer.decode([int(self.data.train[0])])
-        out = []
-        for i in range(n):
-            pieces = stream(self.model, prompt, max_new_tokens, tokenizer=self.tokenizer,
-                            temperature=temperature, top_k=top_k, seed=self.cfg.train.seed + i)
-            out.append("".join(pieces))
-        return out
+    def samples(self, n: int, max_new_tokens: int) -> list[str]:
+        """A few outputs of the trained model, for a look at what it learned."""
+        return self.task.samples(self.model, n, max_new_tokens, self.cfg.train.seed)

@@ -1,0 +1,120 @@
+"""Training tasks: what a batch is, how to evaluate, what to show at the end.
+
+The trainer knows nothing about families or data formats. A task turns the
+run's data into batches of keyword arguments for ``model(**batch)`` - which
+returns ``(logits, loss)`` for every family - and evaluates a model. Tasks are
+chosen by ``data.task`` through :data:`TASKS`; each family module adds its own.
+
+A task is constructed as ``Task(cfg, run_dir, resume)``. On a new run it builds
+the tokenizer from the data; on resume it reads ``run_dir/tokenizer.json``.
+It must make batches a pure function of ``(seed, step, micro, split)`` so that
+a resumed run sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from attnkit.config import RunConfig
+from attnkit.data import batch_generator, check_length, get_batch, prepare_tokens, read_corpus
+from attnkit.errors import AttnkitError
+from attnkit.generate import stream
+from attnkit.tokenizers import load_tokenizer, train_tokenizer
+
+
+class Task(Protocol):
+    tokenizer: Any
+
+    def describe(self) -> str: ...
+
+    def batch(self, split: str, step: int, micro: int, batch_size: int,
+              device: torch.device) -> dict[str, torch.Tensor]: ...
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int: ...
+
+    def evaluate(self, model: torch.nn.Module, autocast, batch_size: int,
+                 n_batches: int, device: torch.device) -> dict[str, float]: ...
+
+    def samples(self, model: torch.nn.Module, n: int, max_new_tokens: int,
+                seed: int) -> list[str]: ...
+
+
+def build_tokenizer(cfg: RunConfig, run_dir: Path, resume: bool, text: str | None,
+                    specials: tuple[str, ...] = ()):
+    """The run's tokenizer: read back on resume, otherwise trained/loaded per ``data.tokenizer``."""
+    if resume:
+        return load_tokenizer(run_dir / "tokenizer.json")
+    try:
+        from attnkit.tokenizers import resolve_tokenizer
+    except ImportError:  # older tokenizer module: kinds only
+        return train_tokenizer(cfg.data.tokenizer, text or "", cfg.data.vocab_size)
+    return resolve_tokenizer(cfg.data.tokenizer, text, cfg.data.vocab_size, specials)
+
+
+def mean_loss(model: torch.nn.Module, batches, autocast) -> float:
+    """Mean of ``model(**batch)[1]`` over ``batches``, in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for batch in batches:
+            with autocast():
+                _, loss = model(**batch)
+            losses.append(loss.item())
+    model.train(was_training)
+    return sum(losses) / max(len(losses), 1)
+
+
+class LMTask:
+    """Next-token prediction on a corpus: windows of ``context_length + 1`` tokens."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+        self.cfg = cfg
+        text = None if resume else read_corpus(cfg.data.path)
+        self.tokenizer = build_tokenizer(cfg, run_dir, resume, text)
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+        self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
+        check_length(self.data, cfg.model.context_length)
+
+    def describe(self) -> str:
+        return (f"data: {self.cfg.data.path} | {self.tokenizer.kind} tokenizer, vocab "
+                f"{self.tokenizer.vocab_size} | {len(self.data.train):,} train / "
+                f"{len(self.data.val):,} val tokens")
+
+    def batch(self, split: str, step: int, micro: int, batch_size: int,
+              device: torch.device) -> dict[str, torch.Tensor]:
+        tokens = self.data.train if split == "train" else self.data.val
+        g = batch_generator(self.cfg.train.seed, step, micro, split)
+        x, y = get_batch(tokens, batch_size, self.cfg.model.context_length, g, device)
+        return {"input_ids": x, "targets": y}
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].numel()
+
+    def evaluate(self, model, autocast, batch_size, n_batches, device) -> dict[str, float]:
+        """Validation loss on the same ``n_batches`` batches at every evaluation."""
+        batches = (self.batch("val", 0, i, batch_size, device) for i in range(n_batches))
+        return {"val_loss": mean_loss(model, batches, autocast)}
+
+    def samples(self, model, n: int, max_new_tokens: int, seed: int) -> list[str]:
+        """``n`` samples from a newline prompt, for a look at what the model learned."""
+        try:
+            prompt = "\n"
+            self.tokenizer.encode(prompt)
+        except AttnkitError:  # a char vocabulary without newlines: start from the corpus
+            prompt = self.tokenizer.decode([int(self.data.train[0])])
+        return ["".join(stream(model, prompt, max_new_tokens, tokenizer=self.tokenizer,
+                               temperature=0.8, top_k=40, seed=seed + i)) for i in range(n)]
+
+
+TASKS: dict[str, type] = {"lm": LMTask}
+
+
+def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:
+    if cfg.data.task not in TASKS:
+        raise AttnkitError(f"data.task '{cfg.data.task}' is not available in this build "
+                           f"(available: {', '.join(TASKS)})")
+    return TASKS[cfg.data.task](cfg, run_dir, resume)
