@@ -1,6 +1,6 @@
 """Position-wise feed-forward networks, chosen by name through :data:`FFNS`.
 
-``gelu`` and ``relu`` are the two-layer MLP of the 2017 paper and GPT-2;
+``gelu``, ``gelu_tanh`` and ``relu`` are the two-layer MLP of the 2017 paper and GPT-2;
 ``swiglu`` and ``geglu`` are the gated variants of Shazeer (2020), used by
 Llama and friends.
 """
@@ -37,11 +37,18 @@ class GLU(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (Hendrycks & Gimpel, 2016, section 2), GPT-2's activation
+    ("gelu_new" in Hugging Face); ``gelu`` is the exact erf form."""
+    return F.gelu(x, approximate="tanh")
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
 
 # name -> (class, activation, is_gated)
 FFNS: dict[str, tuple[type[nn.Module], str, bool]] = {
     "gelu": (MLP, "gelu", False),
+    "gelu_tanh": (MLP, "gelu_tanh", False),
     "relu": (MLP, "relu", False),
     "swiglu": (GLU, "silu", True),
     "geglu": (GLU, "gelu", True),

@@ -8,16 +8,15 @@ string can be encoded and decodes back exactly, and there is no unknown token.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from attnkit.errors import AttnkitError
-from attnkit.tokenizers.byte import check_utf8_encodable, write_text_atomic
+from attnkit.tokenizers.byte import check_utf8_encodable
+from attnkit.tokenizers.hf import HFBackedTokenizer
+from attnkit.tokenizers.specials import check_specials, spelling
 
 #: Smallest allowed vocabulary: the 256 byte symbols plus at least one merge.
 MIN_VOCAB_SIZE = 257
@@ -62,31 +61,35 @@ def _validate_vocab_size(vocab_size: object) -> int:
     return vocab_size
 
 
-class BPETokenizer:
+class BPETokenizer(HFBackedTokenizer):
     """Wraps a ``tokenizers.Tokenizer`` whose model is BPE.
 
     Trained tokenizers use the byte-level pre-tokenizer (no prefix space) and
-    decoder; loading accepts any Hugging Face ``tokenizer.json`` with a BPE
-    model. ``vocab_size`` is the vocabulary actually learned, which can be
-    smaller than the size requested when the corpus runs out of pairs to merge.
+    decoder. ``vocab_size`` is the vocabulary actually learned, which can be
+    smaller than the size requested when the corpus runs out of pairs to merge,
+    plus the special tokens, which are added after the merges as ``<|name|>``.
     """
 
     kind: str = "bpe"
+    _what: str = "bpe"
 
     def __init__(self, tokenizer: HFTokenizer) -> None:
         """Wrap an existing ``tokenizers.Tokenizer`` (its model must be BPE)."""
-        model_type = json.loads(tokenizer.to_str()).get("model", {}).get("type")
+        model_type = type(tokenizer.model).__name__
         if model_type != "BPE":
             raise AttnkitError(
                 f"tokenizer model is {model_type!r}, not BPE "
                 "(train with --data.tokenizer=bpe or load a BPE tokenizer.json)"
             )
-        self._tok = tokenizer
+        super().__init__(tokenizer)
 
     @classmethod
-    def train(cls, text: str, vocab_size: int | None = None) -> BPETokenizer:
-        """Learn byte-level BPE merges from ``text`` up to ``vocab_size`` tokens (>= 257)."""
+    def train(cls, text: str, vocab_size: int | None = None,
+              specials: Sequence[str] = ()) -> BPETokenizer:
+        """Learn byte-level BPE merges from ``text`` up to ``vocab_size`` tokens (>= 257),
+        then append the named ``specials``."""
         vocab_size = _validate_vocab_size(vocab_size)
+        specials = check_specials(specials)
         if not text:
             raise AttnkitError(
                 "cannot train a bpe tokenizer on empty text (use a non-empty corpus)"
@@ -103,69 +106,7 @@ class BPETokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         tok.train_from_iterator(_training_chunks(text), trainer=trainer)
+        # Added after training, so they take the ids after the learned vocabulary.
+        tok.add_special_tokens([AddedToken(spelling(n), special=True, normalized=False)
+                                for n in specials])
         return cls(tok)
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of tokens in the learned vocabulary (ids are ``0 .. vocab_size-1``)."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids for ``text`` (no special tokens are added)."""
-        check_utf8_encodable(text, "text to encode")
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text for ``ids``; bytes that do not form valid UTF-8 become U+FFFD.
-
-        Ids outside ``[0, vocab_size)`` raise :class:`AttnkitError` (the library
-        would silently drop them).
-        """
-        ids = [int(i) for i in ids]
-        n = self.vocab_size
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise AttnkitError(
-                f"token id {bad} is out of range for the bpe tokenizer (vocab_size {n}) "
-                "(use the tokenizer.json saved with the checkpoint)"
-            )
-        return self._tok.decode(ids, skip_special_tokens=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The Hugging Face ``tokenizer.json`` content as a dict."""
-        return json.loads(self._tok.to_str())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
-        """Inverse of :meth:`to_dict` (any HF tokenizer JSON with a BPE model)."""
-        return cls.from_str(json.dumps(data))
-
-    @classmethod
-    def from_str(cls, text: str) -> BPETokenizer:
-        """Load from Hugging Face ``tokenizer.json`` text."""
-        try:
-            tok = HFTokenizer.from_str(text)
-        except Exception as exc:  # noqa: BLE001 -- the Rust side raises a bare Exception
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AttnkitError(
-                f"invalid bpe tokenizer JSON: {first_line} "
-                "(retrain the tokenizer or restore its tokenizer.json)"
-            ) from None
-        return cls(tok)
-
-    @property
-    def hf_tokenizer(self) -> HFTokenizer:
-        """The wrapped ``tokenizers.Tokenizer`` (shared, not a copy)."""
-        return self._tok
-
-    def save(self, path: str | Path) -> None:
-        """Write the standard HF ``tokenizer.json`` to ``path`` (atomically)."""
-        write_text_atomic(path, self._tok.to_str() + "\n", "tokenizer")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BPETokenizer) and self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable wrapper: equality by content only
-
-    def __repr__(self) -> str:
-        return f"BPETokenizer(vocab_size={self.vocab_size})"

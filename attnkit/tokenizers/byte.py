@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnkit.errors import AttnkitError
+from attnkit.tokenizers.specials import check_specials, missing, spelling
 
 
 def check_utf8_encodable(text: str, what: str) -> None:
@@ -58,7 +59,7 @@ def write_text_atomic(path: str | Path, text: str, what: str) -> None:
 
 
 class ByteTokenizer:
-    """Tokens are the UTF-8 bytes of the text, so ``vocab_size`` is always 256.
+    """Tokens are the UTF-8 bytes of the text: ids 0-255, then any special tokens.
 
     Needs no training and can encode any (valid Unicode) string. ``decode``
     replaces incomplete or invalid byte sequences with U+FFFD, so a model that
@@ -67,35 +68,71 @@ class ByteTokenizer:
 
     kind: str = "byte"
 
+    def __init__(self, specials: Sequence[str] = ()) -> None:
+        """``specials``: names of special tokens, given ids 256, 257, ... in order."""
+        self._specials = check_specials(specials)
+
     @property
     def vocab_size(self) -> int:
-        """Always 256."""
-        return 256
+        """256 plus the number of special tokens."""
+        return 256 + len(self._specials)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special-token name -> id (from 256 on)."""
+        return {name: 256 + i for i, name in enumerate(self._specials)}
 
     @classmethod
-    def train(cls, text: str, vocab_size: int | None = None) -> ByteTokenizer:
+    def train(cls, text: str, vocab_size: int | None = None,
+              specials: Sequence[str] = ()) -> ByteTokenizer:
         """Return a tokenizer; ``text`` and ``vocab_size`` are ignored (nothing to learn)."""
         del text, vocab_size
-        return cls()
+        return cls(specials)
+
+    def with_specials(self, specials: Sequence[str]) -> ByteTokenizer:
+        """This tokenizer with the named special tokens it lacks appended (ids unchanged)."""
+        extra = missing(check_specials(specials), self.special_tokens)
+        return ByteTokenizer(self._specials + extra) if extra else self
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text`` as ints in ``[0, 256)``."""
         check_utf8_encodable(text, "text to encode")
         return list(text.encode("utf-8"))
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text for byte ids; invalid UTF-8 becomes U+FFFD. Ids outside [0, 256) raise."""
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text for byte ids; invalid UTF-8 becomes U+FFFD. Ids outside [0, vocab_size) raise.
+
+        Special tokens are dropped, or with ``skip_special=False`` written ``<|name|>``.
+        """
         ids = [int(i) for i in ids]
-        if ids and (min(ids) < 0 or max(ids) > 255):
-            bad = next(i for i in ids if not 0 <= i <= 255)
+        n = self.vocab_size
+        if ids and (min(ids) < 0 or max(ids) >= n):
+            bad = next(i for i in ids if not 0 <= i < n)
             raise AttnkitError(
-                f"token id {bad} is out of range for the byte tokenizer (vocab_size 256) "
+                f"token id {bad} is out of range for the byte tokenizer (vocab_size {n}) "
                 "(use the tokenizer.json saved with the checkpoint)"
             )
-        return bytes(ids).decode("utf-8", errors="replace")
+        if max(ids, default=0) < 256:
+            return bytes(ids).decode("utf-8", errors="replace")
+        # Decode each run of bytes on its own, so a special token splits the text there.
+        pieces: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if i < 256:
+                run.append(i)
+                continue
+            pieces.append(bytes(run).decode("utf-8", errors="replace"))
+            run = []
+            if not skip_special:
+                pieces.append(spelling(self._specials[i - 256]))
+        pieces.append(bytes(run).decode("utf-8", errors="replace"))
+        return "".join(pieces)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description: ``{"kind": "byte"}``."""
+        """JSON-ready description: ``{"kind": "byte"}``, plus ``"specials": [names]`` when
+        there are special tokens."""
+        if self._specials:
+            return {"kind": "byte", "specials": list(self._specials)}
         return {"kind": "byte"}
 
     @classmethod
@@ -106,17 +143,24 @@ class ByteTokenizer:
                 f"not a byte tokenizer description (kind={data.get('kind')!r}) "
                 "(load it with attnkit.tokenizers.load_tokenizer)"
             )
-        return cls()
+        specials = data.get("specials", [])
+        if not isinstance(specials, list):
+            raise AttnkitError(
+                'byte tokenizer "specials" must be a list of names '
+                "(retrain the tokenizer or restore its tokenizer.json)"
+            )
+        return cls(specials)
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as JSON to ``path`` (atomically)."""
         write_text_atomic(path, json.dumps(self.to_dict()) + "\n", "tokenizer")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ByteTokenizer)
+        return isinstance(other, ByteTokenizer) and self._specials == other._specials
 
     def __hash__(self) -> int:
-        return hash("byte")
+        return hash(("byte", self._specials))
 
     def __repr__(self) -> str:
-        return "ByteTokenizer()"
+        return f"ByteTokenizer(specials={list(self._specials)})" if self._specials else \
+            "ByteTokenizer()"

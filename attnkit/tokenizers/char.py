@@ -9,6 +9,7 @@ from typing import Any
 
 from attnkit.errors import AttnkitError
 from attnkit.tokenizers.byte import write_text_atomic
+from attnkit.tokenizers.specials import check_specials, missing, spelling
 
 # How many unseen characters an error message lists before summarising the rest.
 _MAX_LISTED = 10
@@ -22,12 +23,16 @@ class CharTokenizer:
     vocabulary cannot be encoded (there is no "unknown" token): ``encode``
     raises :class:`AttnkitError` naming them, which is the honest answer for a
     model that has never seen them.
+
+    Special tokens (``specials``, names such as ``"pad"``) take the ids after
+    the characters, in the order given; no text encodes to them.
     """
 
     kind: str = "char"
 
-    def __init__(self, chars: Sequence[str]) -> None:
-        """Build from the ordered vocabulary ``chars`` (distinct 1-character strings)."""
+    def __init__(self, chars: Sequence[str], specials: Sequence[str] = ()) -> None:
+        """Build from the ordered vocabulary ``chars`` (distinct 1-character strings), then
+        the special tokens named in ``specials``."""
         chars = list(chars)
         if not chars:
             raise AttnkitError(
@@ -45,16 +50,30 @@ class CharTokenizer:
             )
         self._chars = chars
         self._index = {c: i for i, c in enumerate(chars)}
+        self._specials = check_specials(specials)
 
     @classmethod
-    def train(cls, text: str, vocab_size: int | None = None) -> CharTokenizer:
-        """Vocabulary = sorted distinct characters of ``text``; ``vocab_size`` is ignored."""
+    def train(cls, text: str, vocab_size: int | None = None,
+              specials: Sequence[str] = ()) -> CharTokenizer:
+        """Vocabulary = sorted distinct characters of ``text``, then ``specials``;
+        ``vocab_size`` is ignored."""
         del vocab_size  # the corpus alone decides the vocabulary
         if not text:
             raise AttnkitError(
                 "cannot train a char tokenizer on empty text (use a non-empty corpus)"
             )
-        return cls(sorted(set(text)))
+        return cls(sorted(set(text)), specials)
+
+    def with_specials(self, specials: Sequence[str]) -> CharTokenizer:
+        """This tokenizer with the named special tokens it lacks appended (ids unchanged)."""
+        extra = missing(check_specials(specials), self.special_tokens)
+        return CharTokenizer(self._chars, self._specials + extra) if extra else self
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special-token name -> id; the specials follow the characters."""
+        n = len(self._chars)
+        return {name: n + i for i, name in enumerate(self._specials)}
 
     @property
     def chars(self) -> list[str]:
@@ -63,8 +82,8 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct characters."""
-        return len(self._chars)
+        """Number of distinct characters plus the special tokens."""
+        return len(self._chars) + len(self._specials)
 
     def encode(self, text: str) -> list[int]:
         """Ids of the characters of ``text``; unseen characters raise :class:`AttnkitError`."""
@@ -85,10 +104,13 @@ class CharTokenizer:
             "or train with --data.tokenizer=byte)"
         )
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text for ``ids``; an id outside ``[0, vocab_size)`` raises :class:`AttnkitError`."""
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text for ``ids``; an id outside ``[0, vocab_size)`` raises :class:`AttnkitError`.
+
+        Special tokens are dropped, or with ``skip_special=False`` written ``<|name|>``.
+        """
         ids = [int(i) for i in ids]
-        n = len(self._chars)
+        n = self.vocab_size
         # Checked explicitly because Python would silently accept negative indices.
         if ids and (min(ids) < 0 or max(ids) >= n):
             bad = next(i for i in ids if not 0 <= i < n)
@@ -97,11 +119,20 @@ class CharTokenizer:
                 "(use the tokenizer.json saved with the checkpoint)"
             )
         chars = self._chars
-        return "".join([chars[i] for i in ids])
+        if max(ids, default=-1) < len(chars):  # the common case: no special tokens
+            return "".join([chars[i] for i in ids])
+        names = self._specials
+        specials = [None if skip_special else spelling(name) for name in names]
+        pieces = [chars[i] if i < len(chars) else specials[i - len(chars)] for i in ids]
+        return "".join(p for p in pieces if p is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description: ``{"kind": "char", "chars": [...]}``."""
-        return {"kind": "char", "chars": list(self._chars)}
+        """JSON-ready description: ``{"kind": "char", "chars": [...]}``, plus
+        ``"specials": [names]`` when there are special tokens."""
+        out: dict[str, Any] = {"kind": "char", "chars": list(self._chars)}
+        if self._specials:
+            out["specials"] = list(self._specials)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
@@ -111,7 +142,13 @@ class CharTokenizer:
                 'not a char tokenizer description (expected {"kind": "char", "chars": '
                 "[...]}) (retrain the tokenizer or restore its tokenizer.json)"
             )
-        return cls(data["chars"])
+        specials = data.get("specials", [])
+        if not isinstance(specials, list):
+            raise AttnkitError(
+                "char tokenizer \"specials\" must be a list of names "
+                "(retrain the tokenizer or restore its tokenizer.json)"
+            )
+        return cls(data["chars"], specials)
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as JSON to ``path`` (atomically)."""
@@ -119,10 +156,11 @@ class CharTokenizer:
         write_text_atomic(path, json.dumps(self.to_dict()) + "\n", "tokenizer")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and self._chars == other._chars
+        return (isinstance(other, CharTokenizer) and self._chars == other._chars
+                and self._specials == other._specials)
 
     def __hash__(self) -> int:
-        return hash(("char", tuple(self._chars)))
+        return hash(("char", tuple(self._chars), self._specials))
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"

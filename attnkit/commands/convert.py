@@ -1,0 +1,67 @@
+"""``attnkit convert``: Hugging Face GPT-2 / Llama (and BERT) folders <-> attnkit run directories."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from attnkit.errors import AttnkitError
+
+USAGE = "attnkit convert --from-hf DIR --out RUN  |  attnkit convert RUN --to-hf DIR"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", help="convert Hugging Face GPT-2/Llama checkpoints to attnkit runs and back",
+        usage=USAGE,
+        description="Import a Hugging Face model folder (config.json + model.safetensors, "
+                    "GPT-2 or Llama) as an attnkit run directory, or export a run's latest "
+                    "checkpoint as a folder transformers' from_pretrained loads. The output "
+                    "folder must not exist (or be empty); it appears only when complete.",
+        epilog="examples:\n"
+               "  attnkit convert --from-hf ~/models/gpt2 --out runs/gpt2\n"
+               "  attnkit sample runs/gpt2 --prompt 'Hello' --temperature 0\n"
+               "  attnkit convert runs/pydoc-char --to-hf exported/pydoc-char\n"
+               "(attnkit.load and attnkit sample also read a Hugging Face folder directly)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", type=Path, help="the attnkit run to export (with --to-hf)")
+    p.add_argument("--from-hf", type=Path, metavar="DIR",
+                   help="a Hugging Face model folder to import")
+    p.add_argument("--out", type=Path, metavar="RUN", help="the run directory to create (with "
+                   "--from-hf)")
+    p.add_argument("--to-hf", type=Path, metavar="DIR", help="the Hugging Face folder to create")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (usage: {USAGE})")
+    from attnkit.interop import convert_from_hf, convert_to_hf
+
+    if args.from_hf is not None:
+        if args.to_hf is not None or args.run is not None or args.out is None:
+            raise AttnkitError(f"--from-hf DIR needs --out RUN and nothing else (usage: {USAGE})")
+        model = convert_from_hf(args.from_hf, args.out)
+        tok = model.tokenizer
+        note = f", {tok.kind} tokenizer" if tok is not None else \
+            " (no tokenizer.json in the source: the run has no tokenizer)"
+        print(f"converted {args.from_hf} ({_describe(model)}){note} -> {args.out}")
+        return 0
+    if args.to_hf is not None:
+        if args.run is None or args.out is not None:
+            raise AttnkitError(f"--to-hf DIR needs the run to export before it (usage: {USAGE})")
+        model = convert_to_hf(args.run, args.to_hf)
+        tok = getattr(model, "tokenizer", None)
+        note = "" if tok is None or tok.kind in ("hf", "gpt2", "bpe") else \
+            f" (the {tok.kind} tokenizer has no Hugging Face form: no tokenizer.json written)"
+        print(f"exported {args.run} ({_describe(model)}) -> {args.to_hf}{note}")
+        return 0
+    raise AttnkitError(f"say which way to convert (usage: {USAGE})")
+
+
+def _describe(model) -> str:
+    cfg = model.cfg
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"{getattr(cfg, 'family', 'decoder')}, {n:.2f}M parameters, {cfg.n_layers} layers, "
+            f"d_model {cfg.d_model}, {cfg.n_heads} heads")
