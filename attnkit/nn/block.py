@@ -29,15 +29,18 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, layer: int = 0,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, C) -> ((B, T, C), attention weights or None)."""
+                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> ((B, T, C), attention weights or None); ``key_padding_mask`` (B, S)
+        is True for real keys and False for padding (see :class:`Attention`)."""
         if self.pre:
             a, weights = self.attn(self.attn_norm(x), cache=cache, layer=layer,
-                                   need_weights=need_weights)
+                                   need_weights=need_weights, key_padding_mask=key_padding_mask)
             x = x + self.drop(a)
             x = x + self.drop(self.ffn(self.ffn_norm(x)))
         else:
-            a, weights = self.attn(x, cache=cache, layer=layer, need_weights=need_weights)
+            a, weights = self.attn(x, cache=cache, layer=layer, need_weights=need_weights,
+                                   key_padding_mask=key_padding_mask)
             x = self.attn_norm(x + self.drop(a))
             x = self.ffn_norm(x + self.drop(self.ffn(x)))
         return x, weights
