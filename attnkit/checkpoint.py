@@ -78,7 +78,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             torch.save({"optimizer": optimizer.state_dict(), **(extra_tensors or {})},
                        tmp / "optimizer.pt")
         write_json(tmp / "state.json", state)
-        for name_ in ("config.json", "tokenizer.json"):  # each checkpoint stands on its own
+        for name_ in ("config.json", "tokenizer.json", "labels.json"):  # each stands on its own
             if (run_dir / name_).is_file():
                 shutil.copyfile(run_dir / name_, tmp / name_)
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
@@ -194,16 +194,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 def load(run_dir: str | Path, device: str = "auto") -> nn.Module:
     """Load a trained run for inference: the model in eval mode, on ``device``, with its
     tokenizer attached as ``model.tokenizer`` and the run's resolved config as
-    ``model.run_config``."""
+    ``model.run_config``. A Hugging Face GPT-2/Llama folder (``config.json`` with a
+    ``model_type``, no ``checkpoints/``) is converted with :func:`attnkit.interop.from_hf`."""
     from attnkit.config import config_from_dict
+    from attnkit.interop import from_hf, is_hf_dir
     from attnkit.models import build_model
     from attnkit.tokenizers import load_tokenizer
 
     run_dir = Path(run_dir)
+    if is_hf_dir(run_dir):  # a Hugging Face folder: convert on the fly
+        return from_hf(run_dir).to(resolve_device(device)).eval()
     ckpt = latest_checkpoint(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    if tokenizer.vocab_size != cfg.model.vocab_size:
+    if tokenizer.vocab_size > cfg.model.vocab_size:  # a padded embedding table is fine
         raise AttnkitError(f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the "
                            f"model expects {cfg.model.vocab_size} (tokenizer from another run?)")
     model = build_model(cfg.model)
@@ -211,4 +215,6 @@ def load(run_dir: str | Path, device: str = "auto") -> nn.Module:
     model.to(resolve_device(device)).eval()
     model.tokenizer = tokenizer
     model.run_config = cfg
+    labels = run_dir / "labels.json"  # a classification run's label names, in id order
+    model.labels = json.loads(labels.read_text(encoding="utf-8")) if labels.is_file() else None
     return model

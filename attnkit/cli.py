@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from attnkit.config import SECTIONS, list_recipes
+from attnkit.config import FAMILY_CONFIGS, SECTIONS, list_recipes
 from attnkit.errors import AttnkitError
 
 DEFAULT_RUN_NAME = "pydoc-char"
@@ -29,19 +29,24 @@ def _override_help() -> str:
     import textwrap
 
     lines = ["config overrides (--section.key=value; defaults shown):"]
-    for section, cls in SECTIONS.items():
+    sections = [(f"--model.* ({fam})", c) for fam, c in FAMILY_CONFIGS.items()]
+    sections += [(f"--{s}.*", c) for s, c in SECTIONS.items() if s != "model"]
+    for section, cls in sections:
         fields = [f"{f.name}={_default(f)}" for f in dataclasses.fields(cls)]
-        first = f"  --{section}.*  "
+        first = f"  {section}  "
         lines += textwrap.wrap(", ".join(fields), width=94, initial_indent=first,
                                subsequent_indent=" " * len(first))
     lines += [
         "",
+        "  model.family: decoder | seq2seq | encoder | lstm   (data.task follows it: lm | seq2seq |",
+        "                mlm or classify | lm)",
         "  model.style: gpt2 | llama | original     model.size: tiny | mini | small | medium | "
         "gpt2-124m",
         "  model.norm: layernorm | rmsnorm   model.norm_position: pre | post",
-        "  model.ffn: gelu | relu | swiglu | geglu",
+        "  model.ffn: gelu | gelu_tanh | relu | swiglu | geglu",
         "  model.pos: learned | sinusoidal | rope | alibi | none",
-        "  data.path: pydoc (built in) | FILE | FOLDER   data.tokenizer: char | byte | bpe",
+        "  data.path: pydoc (built in) | FILE | FOLDER | synthetic:reverse|sort|add (seq2seq)",
+        "  data.tokenizer: char | byte | bpe | gpt2 | PATH/tokenizer.json",
         "",
         f"recipes: {', '.join(list_recipes()) or '(none found)'}",
         "",
@@ -155,9 +160,19 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"--- sample {i + 1} ---")
             print(text)
         print("---")
-    print(f"sample more: attnkit sample {run_dir} --prompt \"The \" --max-new-tokens 200 "
-          f"--temperature 0.8 --top-k 40")
+    print(NEXT_STEP[cfg.model.family].format(run=run_dir))
     return 0
+
+
+NEXT_STEP = {
+    "decoder": 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
+               '--temperature 0.8 --top-k 40',
+    "lstm": 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
+            '--temperature 0.8 --top-k 40',
+    "seq2seq": 'translate: attnkit translate {run} --text "..." --beam 4; score: attnkit eval {run}',
+    "encoder": 'embed: attnkit embed {run} --text "A sentence." --json',
+}
+FAMILY_COMMAND = {"seq2seq": "attnkit translate", "encoder": "attnkit embed"}
 
 
 def _fresh_run_dir(name: str) -> Path:
@@ -183,7 +198,14 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise AttnkitError("--top-p must be in (0, 1]")
     model = attnkit.load(args.run, device=args.device)
+    family = model.cfg.family
+    if family in FAMILY_COMMAND:
+        raise AttnkitError(f"{args.run} is a {family} model, which does not continue text "
+                           f"(use {FAMILY_COMMAND[family]} {args.run})")
     prompt = args.prompt
+    if getattr(model, "tokenizer", None) is None:
+        raise AttnkitError(f"{args.run} has no tokenizer.json, so text cannot be encoded (add the "
+                           f"model's tokenizer.json to the directory)")
     n_prompt = len(model.tokenizer.encode(prompt))  # refuse a bad prompt before printing anything
     if n_prompt > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
@@ -225,7 +247,8 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample}
 # Further subcommands live in their own modules under attnkit/commands/. Each defines
 # ``add_parser(sub)`` (which calls ``set_defaults(func=run)``) and ``run(args, extra) -> int``,
 # and imports anything heavy inside ``run`` so that ``attnkit --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("attnkit.commands.embed", "attnkit.commands.convert")
+COMMAND_MODULES += ("attnkit.commands.translate", "attnkit.commands.eval")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from attnkit.errors import AttnkitError
 
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-FFN = Literal["gelu", "relu", "swiglu", "geglu"]
+FFN = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
 Pos = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 
 # --- presets: a style fixes the architecture's choices, a size its dimensions ----------
@@ -142,8 +142,18 @@ class EncoderConfig(TransformerConfig):
     type_vocab_size: int = 0  # BERT's segment embeddings (2); 0: none
     embedding_norm: bool = True  # BERT normalises embedding + position + segment
     n_labels: int = 0  # > 0 adds a sequence-classification head
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls"] = "mean"  # what the classifier sees: mean of real tokens | first
     tie_embeddings: bool = True  # the MLM output layer shares the token embedding
+    mlm_head: bool = True  # BERT's masked-LM head (off for imported BertModel / classifiers)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.type_vocab_size < 0:
+            raise AttnkitError(f"model.type_vocab_size must be 0 (no segments) or more, got "
+                               f"{self.type_vocab_size}")
+        if self.n_labels < 0 or self.n_labels == 1:
+            raise AttnkitError(f"model.n_labels must be 0 (no classifier) or at least 2, got "
+                               f"{self.n_labels}")
 
 
 @dataclass
@@ -172,6 +182,10 @@ FAMILY_CONFIGS: dict[str, type] = {
     "lstm": LSTMConfig,
 }
 AnyModelConfig = DecoderConfig | Seq2SeqConfig | EncoderConfig | LSTMConfig
+#: The training tasks each family can do; the first is the default (data.task=auto).
+FAMILY_TASKS: dict[str, tuple[str, ...]] = {
+    "decoder": ("lm",), "lstm": ("lm",), "seq2seq": ("seq2seq",), "encoder": ("mlm", "classify"),
+}
 
 
 @dataclass
@@ -218,7 +232,7 @@ class DataConfig:
     """Where text comes from and how it becomes tokens."""
 
     path: str = "pydoc"  # "pydoc" (built in), a text file, a folder, or a synthetic task
-    task: Literal["lm", "seq2seq", "mlm", "classify"] = "lm"
+    task: Literal["auto", "lm", "seq2seq", "mlm", "classify"] = "auto"  # auto: the family's first
     tokenizer: str = "char"  # char | byte | bpe | gpt2 | path to a tokenizer.json (or its folder)
     vocab_size: int = 2048  # for bpe only
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
@@ -246,6 +260,16 @@ class RunConfig:
     model: AnyModelConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        family, task = self.model.family, self.data.task
+        if task == "auto":  # the family's natural task
+            self.data.task = FAMILY_TASKS[family][0]
+        elif task not in FAMILY_TASKS[family]:
+            owner = next(f for f, tasks in FAMILY_TASKS.items() if task in tasks)
+            raise AttnkitError(f"data.task={task} does not fit model.family={family} (add "
+                               f"--model.family={owner} for {task}, or use data.task="
+                               f"{' or '.join(FAMILY_TASKS[family])})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -491,3 +491,16 @@ def test_compiled_training_checkpoints_the_plain_module(env, capsys):
     assert rc == 0, err
     names = load_file(str(env / "run/checkpoints/step-000002/model.safetensors"))
     assert names and not any("_orig_mod" in k for k in names)
+
+
+def test_sample_refuses_encoder_and_seq2seq_runs(env, capsys, monkeypatch):
+    class Fake:
+        tokenizer = None
+
+        def __init__(self, family):
+            self.cfg = type("C", (), {"family": family})()
+
+    for family, hint in (("encoder", "attnkit embed"), ("seq2seq", "attnkit translate")):
+        monkeypatch.setattr(attnkit, "load", lambda *a, f=family, **k: Fake(f))
+        rc, out, err = cli(capsys, "sample", "somerun")
+        assert rc == 2 and out == "" and hint in err and len(err.strip().splitlines()) == 1

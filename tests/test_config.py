@@ -362,7 +362,7 @@ def test_resolve_order_defaults_then_recipe_then_overrides(tmp_path):
     assert cfg.model.d_model == 64 and cfg.model.n_layers == 3
     assert cfg.model.pos == "rope"  # override of a default
     assert cfg.train.batch_size == TrainConfig().batch_size  # untouched default
-    assert cfg.data == DataConfig()
+    assert cfg.data == DataConfig(task="lm")  # auto resolves to the family's task
 
 
 def test_resolve_recipe_by_name_with_overrides():
@@ -458,3 +458,14 @@ def test_noam_schedule_is_the_papers_shape():
     assert lrs[3] == pytest.approx(1e-3)  # peak at s = warmup
     assert lrs[0] == pytest.approx(1e-3 / 4)  # linear warmup
     assert lrs[15] == pytest.approx(1e-3 * (4 / 16) ** 0.5)  # 1/sqrt(step) decay
+
+
+def test_data_task_follows_the_family_and_refuses_a_mismatch():
+    assert config_from_dict({}).data.task == "lm"
+    assert config_from_dict({"model": {"family": "encoder"}}).data.task == "mlm"
+    assert config_from_dict({"model": {"family": "seq2seq"}}).data.task == "seq2seq"
+    assert config_from_dict({"model": {"family": "lstm"}}).data.task == "lm"
+    enc = {"model": {"family": "encoder", "n_labels": 2}, "data": {"task": "classify"}}
+    assert config_from_dict(enc).data.task == "classify"
+    with pytest.raises(AttnkitError, match="does not fit model.family=encoder"):
+        config_from_dict({"model": {"family": "encoder"}, "data": {"task": "lm"}})

@@ -5,9 +5,13 @@ class from the config's ``family``."""
 from torch import nn
 
 from attnkit.models.decoder import Decoder
+from attnkit.models.encoder import Encoder
 from attnkit.models.lstm import LSTMLanguageModel
+from attnkit.models.seq2seq import Seq2Seq
 
 MODELS: dict[str, type[nn.Module]] = {"decoder": Decoder, "lstm": LSTMLanguageModel}
+MODELS["encoder"] = Encoder
+MODELS["seq2seq"] = Seq2Seq
 
 
 def build_model(cfg) -> nn.Module:

@@ -39,11 +39,14 @@ class Attention(nn.Module):
             self.alibi_slopes = None
 
     def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, layer: int = 0,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention over ``x`` (B, T, C) -> ((B, T, C), weights (B, nh, T, S) or None).
 
         With a ``cache``, the T new tokens sit at positions cache.length ..
         cache.length + T - 1 and attend to every cached token as well.
+        ``key_padding_mask`` (B, S) is True (or 1) for real keys and False for
+        padding, which no query attends to; every row needs one real key.
         """
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
@@ -58,6 +61,8 @@ class Attention(nn.Module):
         S = k.shape[2]
 
         mask = self._mask(q_pos, S, x.device)  # None, or additive (nh|1, T, S)
+        if key_padding_mask is not None:
+            mask = self._with_padding(mask, key_padding_mask, T, S)  # (B, nh|1, T, S)
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.backend == "eager":
             out, weights = self._eager(q, k, v, mask, dropout)
@@ -88,6 +93,20 @@ class Attention(nn.Module):
         if self.alibi_slopes is not None:
             mask = mask + alibi_bias(self.alibi_slopes, q_pos, k_pos)  # (nh, T, S)
         return mask
+
+    def _with_padding(self, mask: torch.Tensor | None, keep: torch.Tensor, T: int, S: int
+                      ) -> torch.Tensor:
+        """Fold a key padding mask (B, S) into the additive mask -> (B, nh|1, T, S).
+
+        SDPA cannot combine ``is_causal`` with an explicit mask, so the causal part
+        (aligned bottom-right, as with a cache) is written out here when needed.
+        """
+        if mask is None and self.causal and T > 1:
+            causal = torch.ones(T, S, dtype=torch.bool, device=keep.device).tril(diagonal=S - T)
+            mask = torch.zeros(1, T, S, device=keep.device).masked_fill(~causal, float("-inf"))
+        pad = torch.zeros(keep.shape, device=keep.device).masked_fill(~keep.bool(), float("-inf"))
+        pad = pad[:, None, None, :]  # (B, 1, 1, S)
+        return pad if mask is None else mask + pad
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                dropout: float) -> tuple[torch.Tensor, torch.Tensor]:

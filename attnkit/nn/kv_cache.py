@@ -34,5 +34,12 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Keep batch rows ``indices`` (B',), in that order: beam search calls this to follow
+        the surviving beams, and to copy one prompt's cache into every beam (B' may differ
+        from B)."""
+        self.k = [k.index_select(0, indices) for k in self.k]
+        self.v = [v.index_select(0, indices) for v in self.v]
+
     def reset(self) -> None:
         self.length = 0

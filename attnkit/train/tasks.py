@@ -103,9 +103,11 @@ class LMTask:
         """``n`` samples from a newline prompt, for a look at what the model learned."""
         try:
             prompt = "\n"
-            self.tokenizer.encode(prompt)
-        except AttnkitError:  # a char vocabulary without newlines: start from the corpus
-            prompt = self.tokenizer.decode([int(self.data.train[0])])
+            ok = bool(self.tokenizer.encode(prompt))  # WordPiece drops whitespace: []
+        except AttnkitError:  # a char vocabulary without newlines
+            ok = False
+        if not ok:  # start from the corpus instead
+            prompt = self.tokenizer.decode([int(t) for t in self.data.train[:4]])
         return ["".join(stream(model, prompt, max_new_tokens, tokenizer=self.tokenizer,
                                temperature=0.8, top_k=40, seed=seed + i)) for i in range(n)]
 
@@ -118,3 +120,13 @@ def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:
         raise AttnkitError(f"data.task '{cfg.data.task}' is not available in this build "
                            f"(available: {', '.join(TASKS)})")
     return TASKS[cfg.data.task](cfg, run_dir, resume)
+
+
+# Family tasks register at the bottom: their modules import the helpers above.
+from attnkit.train.task_seq2seq import Seq2SeqTask  # noqa: E402
+
+TASKS["seq2seq"] = Seq2SeqTask
+
+from attnkit.train.task_encoder import ClassifyTask, MLMTask  # noqa: E402
+
+TASKS["mlm"], TASKS["classify"] = MLMTask, ClassifyTask

@@ -1,0 +1,246 @@
+"""Greedy decoding and beam search, for the encoder-decoder and for decoder-only models.
+
+Beam search keeps the ``beam_size`` most probable partial sequences. All beams
+of all sources run as one batch of ``B * beam_size`` rows through the model's
+caches; after each step the caches follow the surviving beams with
+``cache.reorder(rows)``. A hypothesis that emits EOS is set aside, scored by
+its log-probability divided by GNMT's length penalty (Wu et al., 2016, eq. 14)
+
+    lp(Y) = ((5 + |Y|) / 6) ** alpha        (|Y| counts the EOS; alpha 0: no penalty)
+
+and a source is finished once ``beam_size`` hypotheses have ended (fairseq's
+rule), or at ``max_new_tokens``. An EOS is only accepted from the best
+``beam_size`` candidates of a step, so a finished hypothesis never outranks
+better live ones at the moment it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnkit.data.pairs import source_batch, special_ids
+from attnkit.errors import AttnkitError
+
+
+@dataclass
+class Hypothesis:
+    """A decoded sequence (without BOS/EOS) and its length-normalised log-probability."""
+
+    tokens: list[int]
+    score: float
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's ((5 + length) / 6) ** alpha; dividing a log-probability by it favours longer
+    sequences as alpha grows."""
+    return ((5 + length) / 6) ** alpha
+
+
+class _Eval:
+    """Eval mode inside, the previous mode restored after (also on errors)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.was_training)
+
+
+# --- the encoder-decoder ----------------------------------------------------------------------
+
+@torch.no_grad()
+def greedy_seq2seq(model: torch.nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
+                   *, bos_id: int, eos_id: int, max_new_tokens: int) -> list[list[int]]:
+    """The most probable next token, step by step, for every source row of ``src_ids`` (B, S);
+    returns the token lists without EOS. The source is encoded once."""
+    B = src_ids.shape[0]
+    with _Eval(model):
+        cache = model.new_cache(B, max_len=max_new_tokens)
+        tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)
+        logits, _ = model(tokens, src_ids=src_ids, src_mask=src_mask, cache=cache)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=src_ids.device)
+        for t in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(dim=-1).masked_fill(done, eos_id)  # (B,)
+            out.append(nxt)
+            done |= nxt == eos_id
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            logits, _ = model(nxt[:, None], cache=cache)
+    rows = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(B)]
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+@torch.no_grad()
+def beam_search_seq2seq(model: torch.nn.Module, src_ids: torch.Tensor,
+                        src_mask: torch.Tensor | None = None, *, bos_id: int, eos_id: int,
+                        beam_size: int = 4, max_new_tokens: int, length_penalty: float = 0.0,
+                        n_best: int = 1) -> list[list[Hypothesis]]:
+    """For every source row of ``src_ids`` (B, S), its ``n_best`` hypotheses, best first."""
+    B = src_ids.shape[0]
+    with _Eval(model):
+        cache = model.new_cache(B, max_len=max_new_tokens)
+        bos = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)
+        logits, _ = model(bos, src_ids=src_ids, src_mask=src_mask, cache=cache)
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(model(tokens, cache=cache)[0][:, -1].float(), dim=-1)
+
+        first = F.log_softmax(logits[:, -1].float(), dim=-1)
+        return _beam_search(step, first, cache, beam_size, eos_id, max_new_tokens,
+                            length_penalty, n_best)
+
+
+# --- decoder-only models ----------------------------------------------------------------------
+
+@torch.no_grad()
+def beam_search(model: torch.nn.Module, prompt_ids: list[int], *, beam_size: int = 4,
+                max_new_tokens: int = 50, length_penalty: float = 0.0, eos_id: int | None = None,
+                n_best: int = 1) -> list[Hypothesis]:
+    """Continuations of ``prompt_ids`` by a decoder-only model (one with ``new_cache`` and
+    ``cache=``), best first. Without ``eos_id`` every beam runs ``max_new_tokens`` tokens."""
+    if not prompt_ids:
+        raise AttnkitError("the prompt is empty after tokenization (give at least one character)")
+    cfg = model.cfg
+    if getattr(cfg, "pos", None) == "learned" and len(prompt_ids) + max_new_tokens > cfg.context_length:
+        raise AttnkitError(f"prompt ({len(prompt_ids)} tokens) plus {max_new_tokens} new tokens "
+                           f"exceed the model's context of {cfg.context_length} (shorten either)")
+    device = next(model.parameters()).device
+    with _Eval(model):
+        cache = model.new_cache(1, max_len=len(prompt_ids) + max_new_tokens)
+        if not hasattr(cache, "reorder"):
+            raise AttnkitError(f"beam search needs a cache that can follow beams; the "
+                               f"{getattr(cfg, 'family', 'model')} family's cannot (sample instead)")
+        logits, _ = model(torch.tensor([prompt_ids], device=device), cache=cache)
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(model(tokens, cache=cache)[0][:, -1].float(), dim=-1)
+
+        first = F.log_softmax(logits[:, -1].float(), dim=-1)
+        return _beam_search(step, first, cache, beam_size, eos_id, max_new_tokens,
+                            length_penalty, n_best)[0]
+
+
+# --- the search itself ------------------------------------------------------------------------
+
+def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tensor, cache,
+                 k: int, eos_id: int | None, max_new_tokens: int, alpha: float, n_best: int
+                 ) -> list[list[Hypothesis]]:
+    """Beam search from ``first`` (B, V), the log-probabilities after the prompt or BOS, with
+    ``cache`` holding B rows; ``step(tokens (B*k, 1)) -> (B*k, V)`` runs one decoding step."""
+    if k < 1:
+        raise AttnkitError(f"beam size must be at least 1, got {k}")
+    if max_new_tokens < 1:
+        raise AttnkitError(f"max new tokens must be at least 1, got {max_new_tokens}")
+    B, V = first.shape
+    device = first.device
+    cache.reorder(torch.arange(B, device=device).repeat_interleave(k))  # every beam a copy
+    logprobs = first.repeat_interleave(k, dim=0)  # (B*k, V)
+    # Only beam 0 is live at the start, so the first step picks k distinct tokens.
+    scores = torch.full((B, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(B)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    n_cand = min(2 * k, k * V)  # enough that k live candidates remain even if k end in EOS
+    for t in range(max_new_tokens):
+        last = t == max_new_tokens - 1
+        cand = scores[:, :, None] + logprobs.view(B, k, V)  # (B, k, V)
+        top_scores, top_idx = cand.view(B, k * V).topk(n_cand, dim=-1)  # (B, 2k)
+        top_scores, top_beam, top_tok = top_scores.tolist(), (top_idx // V).tolist(), \
+            (top_idx % V).tolist()
+        rows, tokens, new_scores, new_seqs = [], [], [], []
+        for b in range(B):
+            live: list[tuple[int, int, float]] = []  # (beam, token, score)
+            if not done[b]:
+                for rank in range(n_cand):
+                    s, j, tok = top_scores[b][rank], top_beam[b][rank], top_tok[b][rank]
+                    if s == float("-inf"):
+                        break
+                    if tok == eos_id:
+                        if rank < k:
+                            n = len(seqs[b][j]) + 1
+                            finished[b].append(Hypothesis(seqs[b][j], s / length_penalty(n, alpha)))
+                    else:
+                        live.append((j, tok, s))
+                        if len(live) == k:
+                            break
+                if last:  # out of length: the live beams end here, unfinished
+                    finished[b] += [Hypothesis(seqs[b][j] + [tok], s / length_penalty(
+                        len(seqs[b][j]) + 1, alpha)) for j, tok, s in live]
+                if last or len(finished[b]) >= k or not live:
+                    done[b] = True
+            # A finished source (or one with fewer than k live beams) keeps dummy rows.
+            live += [(0, eos_id if eos_id is not None else 0, float("-inf"))] * (k - len(live))
+            for j, tok, s in live:
+                rows.append(b * k + j)
+                tokens.append(tok)
+                new_scores.append(s)
+                new_seqs.append(seqs[b][j] + [tok])
+        if all(done):
+            break
+        seqs = [new_seqs[b * k:(b + 1) * k] for b in range(B)]
+        scores = torch.tensor(new_scores, device=device).view(B, k)
+        cache.reorder(torch.tensor(rows, device=device))
+        logprobs = step(torch.tensor(tokens, device=device)[:, None])
+    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
+
+
+# --- text in, text out ------------------------------------------------------------------------
+
+def translate_ids(model: torch.nn.Module, sources: list[list[int]], *, pad_id: int, bos_id: int,
+                  eos_id: int, beam_size: int = 1, length_penalty: float = 0.6,
+                  max_new_tokens: int | None = None, batch_size: int = 64) -> list[list[int]]:
+    """Output token ids for each source (each a list of ids ending in EOS), in batches;
+    greedy when ``beam_size`` is 1."""
+    cfg = model.cfg
+    max_new_tokens = max_new_tokens or cfg.context_length
+    if max_new_tokens < 1:
+        raise AttnkitError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if beam_size < 1:
+        raise AttnkitError(f"--beam must be at least 1, got {beam_size}")
+    if cfg.pos == "learned":
+        longest = max((len(s) for s in sources), default=0)
+        if longest > cfg.context_length or max_new_tokens > cfg.context_length:
+            raise AttnkitError(f"a source of {longest} tokens or {max_new_tokens} new tokens "
+                               f"exceed the model's learned position table of "
+                               f"{cfg.context_length} (shorten the input or --max-new-tokens)")
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    for i in range(0, len(sources), batch_size):
+        src_ids, src_mask = source_batch(sources[i:i + batch_size], pad_id, device)
+        if beam_size == 1:
+            out += greedy_seq2seq(model, src_ids, src_mask, bos_id=bos_id, eos_id=eos_id,
+                                  max_new_tokens=max_new_tokens)
+        else:
+            best = beam_search_seq2seq(model, src_ids, src_mask, bos_id=bos_id, eos_id=eos_id,
+                                       beam_size=beam_size, max_new_tokens=max_new_tokens,
+                                       length_penalty=length_penalty)
+            out += [hyps[0].tokens for hyps in best]
+    return out
+
+
+def translate(model: torch.nn.Module, texts: list[str], *, tokenizer=None, beam_size: int = 1,
+              length_penalty: float = 0.6, max_new_tokens: int | None = None,
+              batch_size: int = 64) -> list[str]:
+    """Translate each of ``texts`` with a trained encoder-decoder (``attnkit.load(run)``)."""
+    tokenizer = tokenizer or getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise AttnkitError("no tokenizer: pass tokenizer=... or load the model with attnkit.load")
+    pad_id, bos_id, eos_id = special_ids(tokenizer)
+    sources = []
+    for text in texts:
+        try:
+            sources.append(tokenizer.encode(text) + [eos_id])
+        except AttnkitError as e:
+            raise AttnkitError(f"cannot translate {text[:40]!r}: {e}") from None
+    ids = translate_ids(model, sources, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                        beam_size=beam_size, length_penalty=length_penalty,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [tokenizer.decode(row) for row in ids]

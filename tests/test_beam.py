@@ -1,0 +1,174 @@
+"""Greedy decoding and beam search: a toy model with known probabilities, and real models."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.config import DecoderConfig, Seq2SeqConfig
+from attnkit.data.pairs import source_batch
+from attnkit.errors import AttnkitError
+from attnkit.generate import generate_ids
+from attnkit.generate.beam import (
+    beam_search,
+    beam_search_seq2seq,
+    greedy_seq2seq,
+    length_penalty,
+    translate_ids,
+)
+from attnkit.models import build_model
+from attnkit.nn import KVCache
+
+EOS, START, A, B, C = range(5)
+
+
+class ToyCache:
+    length = 0
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        pass
+
+
+class Bigram(nn.Module):
+    """A decoder-only "model" whose next-token distribution depends on the last token alone."""
+
+    def __init__(self, table: dict[int, dict[int, float]]) -> None:
+        super().__init__()
+        probs = torch.zeros(5, 5)
+        for prev, row in table.items():
+            for tok, p in row.items():
+                probs[prev, tok] = p
+        self.logits = nn.Parameter(probs.log())  # impossible tokens: -inf
+        self.cfg = SimpleNamespace(context_length=64, pos="none", family="toy")
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> ToyCache:
+        return ToyCache()
+
+    def forward(self, ids: torch.Tensor, targets=None, *, cache=None):
+        return self.logits[ids], None  # (B, T, V)
+
+
+# From START: A (0.6) or B (0.4). After A: C (0.55) or EOS; after B or C: EOS.
+# Greedy follows A, C, EOS (p = 0.33); the best sequence is B, EOS (p = 0.4).
+TOY = Bigram({START: {A: 0.6, B: 0.4}, A: {C: 0.55, EOS: 0.45}, B: {EOS: 1.0}, C: {EOS: 1.0},
+              EOS: {EOS: 1.0}})
+
+
+def test_toy_greedy_misses_what_beam_two_finds():
+    greedy = beam_search(TOY, [START], beam_size=1, max_new_tokens=5, eos_id=EOS)[0]
+    assert greedy.tokens == [A, C] and greedy.score == pytest.approx(math.log(0.33))
+    best = beam_search(TOY, [START], beam_size=2, max_new_tokens=5, eos_id=EOS, n_best=2)
+    assert [h.tokens for h in best] == [[B], [A, C]]
+    assert best[0].score == pytest.approx(math.log(0.4))
+
+
+def test_length_penalty_favours_the_longer_sequence_as_alpha_grows():
+    # [B] (2 tokens with EOS) vs [A, C] (3 tokens): log(0.4) / lp(2) against log(0.33) / lp(3).
+    for alpha, winner in [(0.0, [B]), (1.0, [B]), (2.0, [A, C])]:
+        best = beam_search(TOY, [START], beam_size=2, max_new_tokens=5, eos_id=EOS,
+                           length_penalty=alpha)[0]
+        assert best.tokens == winner, alpha
+        assert best.score == pytest.approx(max(math.log(0.4) / length_penalty(2, alpha),
+                                               math.log(0.33) / length_penalty(3, alpha)))
+    assert length_penalty(7, 0.0) == 1.0 and length_penalty(1, 0.6) == 1.0
+
+
+def test_max_new_tokens_ends_unfinished_beams():
+    best = beam_search(TOY, [START], beam_size=2, max_new_tokens=1, eos_id=EOS, n_best=2)
+    assert [h.tokens for h in best] == [[A], [B]]
+
+
+def test_kv_cache_reorder_follows_rows():
+    cache = KVCache(2, 3, 1, 2, 4)
+    for layer in range(2):
+        cache.update(layer, torch.arange(3.0)[:, None, None, None].expand(3, 1, 1, 2),
+                     torch.zeros(3, 1, 1, 2))
+    cache.advance(1)
+    cache.reorder(torch.tensor([2, 2, 0, 1]))
+    assert cache.k[1][:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0, 1.0] and cache.length == 1
+
+
+def seq2seq_model(**kw):
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(vocab_size=12, d_model=32, n_heads=4, n_kv_heads=2, n_encoder_layers=2,
+                        n_decoder_layers=2, context_length=24, dropout=0.0, **kw)
+    return build_model(cfg).eval()
+
+
+def sources(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(3, 12, (5 + 2 * i,), generator=g).tolist() + [2] for i in range(n)]
+    return source_batch(seqs, pad_id=0)
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope"])
+def test_seq2seq_beam_one_is_greedy(pos):
+    model = seq2seq_model(pos=pos)
+    src, mask = sources()
+    for eos in (2, 5, 7):  # some rows stop early, some run to the limit
+        greedy = greedy_seq2seq(model, src, mask, bos_id=1, eos_id=eos, max_new_tokens=10)
+        beam = beam_search_seq2seq(model, src, mask, bos_id=1, eos_id=eos, beam_size=1,
+                                   max_new_tokens=10)
+        assert [h[0].tokens for h in beam] == greedy
+
+
+def test_seq2seq_beams_of_a_batch_match_each_source_alone():
+    model = seq2seq_model()
+    src, mask = sources(3)
+    together = beam_search_seq2seq(model, src, mask, bos_id=1, eos_id=5, beam_size=3,
+                                   max_new_tokens=8, length_penalty=0.6)
+    for i in range(3):
+        n = int(mask[i].sum())
+        alone = beam_search_seq2seq(model, src[i:i + 1, :n], None, bos_id=1, eos_id=5,
+                                    beam_size=3, max_new_tokens=8, length_penalty=0.6)
+        assert alone[0][0].tokens == together[i][0].tokens
+        assert alone[0][0].score == pytest.approx(together[i][0].score, abs=1e-4)
+
+
+def test_seq2seq_beam_scores_are_the_sequence_log_probability():
+    model = seq2seq_model()
+    src, mask = sources(2)
+    hyps = beam_search_seq2seq(model, src, mask, bos_id=1, eos_id=5, beam_size=4,
+                               max_new_tokens=6, n_best=4)
+    for i, row in enumerate(hyps):
+        assert len(row) >= 2 and row == sorted(row, key=lambda h: -h.score)
+        for h in row:
+            ended = len(h.tokens) < 6  # shorter than the limit: it emitted EOS
+            seq = h.tokens + ([5] if ended else [])
+            inp = torch.tensor([[1] + seq[:-1]])
+            logp = F.log_softmax(model(inp, src_ids=src[i:i + 1], src_mask=mask[i:i + 1])[0], -1)
+            total = logp[0, torch.arange(len(seq)), torch.tensor(seq)].sum().item()
+            assert h.score == pytest.approx(total, abs=1e-4)
+
+
+def test_decoder_only_beam_one_is_greedy_and_scores_match():
+    torch.manual_seed(0)
+    model = build_model(DecoderConfig(vocab_size=16, d_model=32, n_heads=4, n_kv_heads=2,
+                                      n_layers=2, context_length=32, pos="rope")).eval()
+    prompt = [3, 1, 4, 1, 5]
+    greedy = list(generate_ids(model, prompt, 8, temperature=0))
+    assert beam_search(model, prompt, beam_size=1, max_new_tokens=8)[0].tokens == greedy
+    best = beam_search(model, prompt, beam_size=4, max_new_tokens=8, n_best=4)
+    assert len(best) == 4 and len({tuple(h.tokens) for h in best}) == 4
+    for h in best:
+        ids = torch.tensor([prompt + h.tokens])
+        logp = F.log_softmax(model(ids)[0][0, len(prompt) - 1:-1], -1)
+        assert h.score == pytest.approx(logp[torch.arange(8), torch.tensor(h.tokens)].sum().item(),
+                                        abs=1e-4)
+    # With no EOS every beam runs the full length; here beam 4 finds a likelier one than greedy.
+    assert best[0].score >= beam_search(model, prompt, beam_size=1, max_new_tokens=8)[0].score - 1e-5
+
+
+def test_bad_arguments_are_attnkit_errors():
+    model = seq2seq_model(pos="learned")
+    with pytest.raises(AttnkitError, match="beam size"):
+        beam_search(TOY, [START], beam_size=0, max_new_tokens=3)
+    with pytest.raises(AttnkitError, match="prompt is empty"):
+        beam_search(TOY, [], max_new_tokens=3)
+    with pytest.raises(AttnkitError, match="learned position table"):
+        translate_ids(model, [[3, 4, 2]], pad_id=0, bos_id=1, eos_id=2, max_new_tokens=30)
