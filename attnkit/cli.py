@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-samples", type=int, default=1, help="independent samples "
                         "(seeds seed, seed+1, ...)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sample.add_argument("--beam", type=int, default=1, metavar="N",
+                        help="beam search with N beams instead of sampling (deterministic; "
+                             "the prompt plus --max-new-tokens must fit a learned position table)")
     sample.add_argument("--debug", action="store_true", help="show tracebacks")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
@@ -210,6 +213,16 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if n_prompt > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
                            f"{model.cfg.context_length} (shorten the prompt)")
+    if args.beam < 1:
+        raise AttnkitError("--beam must be 1 (sampling) or more")
+    if args.beam > 1:
+        from attnkit.generate.beam import beam_search
+
+        eos = model.tokenizer.special_tokens.get("eos")
+        best = beam_search(model, model.tokenizer.encode(prompt), beam_size=args.beam,
+                           max_new_tokens=args.max_new_tokens, eos_id=eos)[0]
+        print(prompt + model.tokenizer.decode(best.tokens))
+        return 0
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         if args.num_samples > 1:

@@ -504,3 +504,15 @@ def test_sample_refuses_encoder_and_seq2seq_runs(env, capsys, monkeypatch):
         monkeypatch.setattr(attnkit, "load", lambda *a, f=family, **k: Fake(f))
         rc, out, err = cli(capsys, "sample", "somerun")
         assert rc == 2 and out == "" and hint in err and len(err.strip().splitlines()) == 1
+
+
+def test_sample_with_beam_search_is_deterministic_and_checks_its_arguments(trained_run, capsys):
+    args = ["sample", trained_run, "--prompt", "The ", "--max-new-tokens", "10", "--beam", "3"]
+    rc, first, _ = cli(capsys, *args)
+    rc2, second, _ = cli(capsys, *args)
+    assert rc == rc2 == 0 and first == second and first.startswith("The ")
+    rc, out, err = cli(capsys, "sample", trained_run, "--beam", "0")
+    assert rc == 2 and out == "" and "--beam" in err
+    rc, out, err = cli(capsys, "sample", trained_run, "--prompt", "The ", "--max-new-tokens", "500",
+                       "--beam", "2")
+    assert rc == 2 and out == "" and "exceed the model's context" in err
