@@ -63,5 +63,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def _describe(model) -> str:
     cfg = model.cfg
     n = sum(p.numel() for p in model.parameters()) / 1e6
-    return (f"{getattr(cfg, 'family', 'decoder')}, {n:.2f}M parameters, {cfg.n_layers} layers, "
+    layers = (f"{cfg.n_layers} layers" if hasattr(cfg, "n_layers") else  # seq2seq: two stacks
+              f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers")
+    return (f"{getattr(cfg, 'family', 'decoder')}, {n:.2f}M parameters, {layers}, "
             f"d_model {cfg.d_model}, {cfg.n_heads} heads")

@@ -32,8 +32,10 @@ __all__ = ["ARCHITECTURES", "from_hf", "to_hf", "is_hf_dir", "convert_from_hf", 
 
 #: Families whose converters live in a module of their own, by Hugging Face ``model_type``
 #: (import) and by attnkit family (export): (module, function), imported only when used.
-IMPORTERS: dict[str, tuple[str, str]] = {"bert": ("attnkit.interop.bert", "from_hf_bert")}
-EXPORTERS: dict[str, tuple[str, str]] = {"encoder": ("attnkit.interop.bert", "to_hf_bert")}
+IMPORTERS: dict[str, tuple[str, str]] = {"bert": ("attnkit.interop.bert", "from_hf_bert"),
+                                          "bart": ("attnkit.interop.bart", "from_hf_bart")}
+EXPORTERS: dict[str, tuple[str, str]] = {"encoder": ("attnkit.interop.bert", "to_hf_bert"),
+                                          "seq2seq": ("attnkit.interop.bart", "to_hf_bart")}
 
 
 def _function(where: tuple[str, str]):
@@ -73,8 +75,8 @@ def _architecture(data: dict, path: Path) -> Architecture:
 
 def from_hf(path: str | Path) -> nn.Module:
     """Import a Hugging Face GPT-2 or Llama folder (``config.json`` + safetensors) as an
-    attnkit :class:`~attnkit.models.Decoder`, in eval mode on the CPU in float32 (a BERT
-    folder goes to :data:`IMPORTERS`' converter).
+    attnkit :class:`~attnkit.models.Decoder`, in eval mode on the CPU in float32 (a BERT or
+    BART folder goes to :data:`IMPORTERS`' converter).
 
     ``model.tokenizer`` is the folder's ``tokenizer.json`` (None without one) and
     ``model.run_config`` the :class:`~attnkit.config.RunConfig` a converted run records.
