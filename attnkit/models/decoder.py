@@ -9,17 +9,21 @@ Contract shared by every family: ``logits, loss = model(input_ids, targets=None)
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import ModelConfig
-from attnkit.nn import NORMS, Attention, Block, KVCache, build_ffn, ffn_hidden_size
-from attnkit.nn.positional import LearnedPositional, RotaryEmbedding, SinusoidalPositional
-
-ADDITIVE_POSITIONS = {"learned": LearnedPositional, "sinusoidal": SinusoidalPositional}
+from attnkit.models.common import (
+    init_weights,
+    make_additive_positions,
+    make_blocks,
+    make_final_norm,
+    make_rope,
+    scale_residual_projections,
+)
+from attnkit.nn import KVCache
+from attnkit.nn.positional import LearnedPositional
 
 
 class Decoder(nn.Module):
@@ -29,47 +33,15 @@ class Decoder(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set before building a model")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        pos_cls = ADDITIVE_POSITIONS.get(cfg.pos)
-        self.pos_emb = pos_cls(cfg.context_length, cfg.d_model) if pos_cls else None
-        # RoPE has no parameters, so one table is shared by every layer.
-        rope = (RotaryEmbedding(cfg.head_size, cfg.context_length, cfg.rope_theta)
-                if cfg.pos == "rope" else None)
-        hidden = cfg.ffn_hidden or ffn_hidden_size(cfg.d_model, cfg.ffn)
-        norm = NORMS[cfg.norm]
+        self.pos_emb = make_additive_positions(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(
-                attn=Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
-                               dropout=cfg.dropout, causal=True, rope=rope,
-                               alibi=cfg.pos == "alibi", backend=cfg.attention),
-                ffn=build_ffn(cfg.ffn, cfg.d_model, hidden, cfg.bias),
-                attn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
-                ffn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
-                norm_position=cfg.norm_position,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.n_layers)
-        )
-        # Post-LN already ends every block with a norm; pre-LN needs one before the head.
-        self.final_norm = (norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
-                           if cfg.norm_position == "pre" else nn.Identity())
+        self.blocks = make_blocks(cfg, cfg.n_layers, causal=True, rope=make_rope(cfg))
+        self.final_norm = make_final_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:  # Press & Wolf (2017); the 2017 paper shares them too
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        # GPT-2: scale the residual output projections by 1/sqrt(2 * n_layers) so the
-        # variance of the residual stream does not grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, LearnedPositional):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        self.apply(lambda m: init_weights(m, cfg.init_std))
+        scale_residual_projections(self, cfg.init_std, cfg.n_layers)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

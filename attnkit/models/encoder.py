@@ -24,10 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import EncoderConfig
-from attnkit.models.decoder import ADDITIVE_POSITIONS
-from attnkit.nn import FFNS, NORMS, Attention, Block, build_ffn, ffn_hidden_size
+from attnkit.models.common import (
+    ADDITIVE_POSITIONS,
+    init_weights,
+    make_blocks,
+    make_final_norm,
+    make_rope,
+)
+from attnkit.nn import FFNS, NORMS
 from attnkit.nn.ffn import _ACTIVATIONS as ACTIVATIONS
-from attnkit.nn.positional import LearnedPositional, RotaryEmbedding
+from attnkit.nn.positional import LearnedPositional
 
 
 class MLMHead(nn.Module):
@@ -61,26 +67,9 @@ class Encoder(nn.Module):
                         if cfg.type_vocab_size > 0 else None)
         self.emb_norm = (norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
                          if cfg.embedding_norm else nn.Identity())
-        rope = (RotaryEmbedding(cfg.head_size, cfg.context_length, cfg.rope_theta)
-                if cfg.pos == "rope" else None)
-        hidden = cfg.ffn_hidden or ffn_hidden_size(cfg.d_model, cfg.ffn)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(
-                attn=Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
-                               dropout=cfg.dropout, causal=False, rope=rope,
-                               alibi=cfg.pos == "alibi", backend=cfg.attention),
-                ffn=build_ffn(cfg.ffn, cfg.d_model, hidden, cfg.bias),
-                attn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
-                ffn_norm=norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
-                norm_position=cfg.norm_position,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.n_layers)
-        )
-        # Post-LN (BERT) ends every block with a norm; pre-LN needs one after the stack.
-        self.final_norm = (norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
-                           if cfg.norm_position == "pre" else nn.Identity())
+        self.blocks = make_blocks(cfg, cfg.n_layers, causal=False, rope=make_rope(cfg))
+        self.final_norm = make_final_norm(cfg)  # BERT is post-LN: an identity
         self.mlm_head = (MLMHead(cfg.d_model, cfg.vocab_size, FFNS[cfg.ffn][1],
                                  norm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias), cfg.bias)
                          if cfg.mlm_head else None)
@@ -88,20 +77,10 @@ class Encoder(nn.Module):
         # dropout and a linear layer. With pooling "cls" this is BertForSequenceClassification.
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.n_labels > 0 else None
         self.classifier = nn.Linear(cfg.d_model, cfg.n_labels) if cfg.n_labels > 0 else None
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights(m, cfg.init_std))  # BERT's initialisation
         if self.mlm_head is not None and cfg.tie_embeddings:  # Press & Wolf (2017), as BERT
             self.mlm_head.out.weight = self.tok_emb.weight
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: N(0, init_std) for every matrix and table, zero biases."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, LearnedPositional):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-
-    # --- the stack ---------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                       token_type_ids: torch.Tensor | None = None, need_weights: bool = False
                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -31,10 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import Seq2SeqConfig
-from attnkit.models.decoder import ADDITIVE_POSITIONS
-from attnkit.nn import NORMS, Attention, build_ffn, ffn_hidden_size
+from attnkit.models.common import (
+    ADDITIVE_POSITIONS,
+    init_weights,
+    make_ffn,
+    make_rope,
+    make_self_attention,
+    scale_residual_projections,
+)
+from attnkit.models.common import make_norm as make_norm_for
+from attnkit.nn import Attention
 from attnkit.nn.cross_attention import CrossAttention, EncoderDecoderCache
-from attnkit.nn.positional import LearnedPositional, RotaryEmbedding
+from attnkit.nn.positional import LearnedPositional
 
 
 def residual(x: torch.Tensor, sublayer, norm: nn.Module, pre: bool, drop: nn.Module
@@ -104,7 +112,7 @@ class Seq2Seq(nn.Module):
         C = cfg.d_model
 
         def make_norm() -> nn.Module:
-            return NORMS[cfg.norm](C, eps=cfg.norm_eps, bias=cfg.bias)
+            return make_norm_for(cfg)
 
         # One vocabulary: with share_embeddings the source, target and output matrices are
         # one tensor (3.4); without, three.
@@ -116,25 +124,21 @@ class Seq2Seq(nn.Module):
         self.tgt_pos = pos_cls(cfg.context_length, C) if pos_cls else None
         self.src_emb_norm = make_norm() if cfg.embedding_norm else nn.Identity()
         self.tgt_emb_norm = make_norm() if cfg.embedding_norm else nn.Identity()
-        rope = (RotaryEmbedding(cfg.head_size, cfg.context_length, cfg.rope_theta)
-                if cfg.pos == "rope" else None)
-        hidden = cfg.ffn_hidden or ffn_hidden_size(C, cfg.ffn)
+        rope = make_rope(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
         def self_attn(causal: bool) -> Attention:
-            return Attention(C, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
-                             causal=causal, rope=rope, alibi=cfg.pos == "alibi",
-                             backend=cfg.attention)
+            return make_self_attention(cfg, causal, rope)
 
         self.encoder = nn.ModuleList(
-            EncoderLayer(self_attn(causal=False), build_ffn(cfg.ffn, C, hidden, cfg.bias),
+            EncoderLayer(self_attn(causal=False), make_ffn(cfg),
                          make_norm(), make_norm(), cfg.norm_position, cfg.dropout)
             for _ in range(cfg.n_encoder_layers))
         self.decoder = nn.ModuleList(
             DecoderLayer(self_attn(causal=True),
                          CrossAttention(C, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
                                         dropout=cfg.dropout, backend=cfg.attention),
-                         build_ffn(cfg.ffn, C, hidden, cfg.bias),
+                         make_ffn(cfg),
                          make_norm(), make_norm(), make_norm(), cfg.norm_position, cfg.dropout)
             for _ in range(cfg.n_decoder_layers))
         # Post-LN already ends every layer with a norm; pre-LN needs one after each stack.
@@ -142,11 +146,9 @@ class Seq2Seq(nn.Module):
         self.encoder_norm = make_norm() if pre else nn.Identity()
         self.decoder_norm = make_norm() if pre else nn.Identity()
         self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights(m, cfg.init_std))
         for stack, depth in ((self.encoder, cfg.n_encoder_layers), (self.decoder, cfg.n_decoder_layers)):
-            for name, p in stack.named_parameters():  # GPT-2's residual scaling, per stack
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
-                    nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * depth))
+            scale_residual_projections(stack, cfg.init_std, depth)  # GPT-2's scaling, per stack
         if cfg.scale_embeddings:
             # tensor2tensor / fairseq: N(0, 1/C), so that the embedding scaled by sqrt(C) has
             # unit variance, the scale of the sinusoids it is added to.
@@ -154,14 +156,6 @@ class Seq2Seq(nn.Module):
                 nn.init.normal_(emb.weight, mean=0.0, std=C ** -0.5)
         if cfg.share_embeddings:
             self.lm_head.weight = self.src_emb.weight
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, LearnedPositional):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
     # --- the two stacks -----------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, emb: nn.Embedding, pos: nn.Module | None,
