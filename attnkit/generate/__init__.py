@@ -9,24 +9,54 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
 from attnkit.errors import AttnkitError
-from attnkit.generate.sampling import apply_temperature, sample, top_k_filter, top_p_filter
+from attnkit.generate.sampling import (
+    apply_temperature,
+    min_p_filter,
+    no_repeat_ngram,
+    repetition_penalty,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+
+
+def _check_rules(min_p, rep_penalty, ngram) -> None:
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise AttnkitError("min_p must be in [0, 1]")
+    if rep_penalty is not None and rep_penalty <= 0:
+        raise AttnkitError("repetition_penalty must be positive (1 is off)")
+    if ngram is not None and ngram < 0:
+        raise AttnkitError("no_repeat_ngram_size must be 0 (off) or more")
+
+
+def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: float | None,
+                   ngram: int | None) -> torch.Tensor:
+    """The rules that depend on the ids so far (prompt included), before :func:`sample`."""
+    logits = repetition_penalty(logits, history, rep_penalty)
+    return no_repeat_ngram(logits, history, ngram)
 
 
 @torch.inference_mode()
 def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> Iterator[int]:
+                 seed: int | None = None, min_p: float | None = None,
+                 repetition_penalty: float | None = None,
+                 no_repeat_ngram_size: int | None = None) -> Iterator[int]:
     """Yield ``max_new_tokens`` token ids that continue ``prompt_ids``.
 
     The prompt is processed in one forward pass (prefill) that fills the KV
     cache; each new token then costs one forward pass over that token alone.
     When the sequence reaches the context length the window slides: the cache
     is refilled with the most recent ``context_length - 1`` tokens.
+
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the prompt and the
+    generated ids; they apply before greedy decoding too.
     """
     ctx = model.cfg.context_length
     if not prompt_ids:
@@ -34,6 +64,8 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     if len(prompt_ids) > ctx:
         raise AttnkitError(f"the prompt is {len(prompt_ids)} tokens but the model's context is "
                            f"{ctx} (shorten the prompt)")
+    _check_rules(min_p, repetition_penalty, no_repeat_ngram_size)
+    rep_penalty = repetition_penalty
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -45,8 +77,9 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     try:
         logits, _ = model(torch.tensor([ids], device=device), cache=cache)
         for _ in range(max_new_tokens):
-            next_id = int(sample(logits[:, -1], temperature=temperature, top_k=top_k,
-                                 top_p=top_p, generator=generator)[0])
+            last = _history_rules(logits[:, -1], [ids], rep_penalty, no_repeat_ngram_size)
+            next_id = int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 min_p=min_p, generator=generator)[0])
             ids.append(next_id)
             yield next_id
             if cache.length >= ctx:  # slide the window
@@ -59,37 +92,104 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
         model.train(was_training)
 
 
-def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
-           tokenizer=None, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, seed: int | None = None) -> Iterator[str]:
-    """Yield the continuation of ``prompt`` as text pieces, as soon as each is complete.
+class Chunk(NamedTuple):
+    """One item of ``stream(..., details=True)``: a text piece and, on the last chunk only,
+    why generation ended: ``"stop"`` (a stop string was produced) or ``"length"``
+    (``max_new_tokens`` were generated). The last chunk's text may be empty."""
 
-    Byte-level tokens can end in the middle of a UTF-8 character; such a piece
-    is held back until the character is complete.
-    """
+    text: str
+    finish_reason: str | None = None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of ``text`` that begins some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int:
+    """Where the earliest stop string starts in ``text``, or -1."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else -1
+
+
+def _tokenizer(model, tokenizer):
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise AttnkitError("no tokenizer: pass tokenizer=... or load the model with attnkit.load")
+    return tokenizer
+
+
+def _stops(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not s for s in stops):
+        raise AttnkitError("stop strings must not be empty")
+    return stops
+
+
+def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
+           tokenizer=None, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, seed: int | None = None, min_p: float | None = None,
+           repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+           stop: Sequence[str] | str | None = None, details: bool = False
+           ) -> Iterator[str] | Iterator[Chunk]:
+    """Yield the continuation of ``prompt`` as text pieces, as soon as each is complete.
+
+    Byte-level tokens can end in the middle of a UTF-8 character; such a piece
+    is held back until the character is complete. With ``stop`` strings, generation
+    ends as soon as the text contains one, which is not emitted; text that could be the
+    start of a stop string is held back until it is known not to be one.
+
+    With ``details=True`` the items are :class:`Chunk` (text, finish_reason), the last
+    one carrying ``"stop"`` or ``"length"``.
+    """
+    tokenizer = _tokenizer(model, tokenizer)
+    stops = _stops(stop)
     prompt_ids = tokenizer.encode(prompt)
     new: list[int] = []
-    emitted = ""
+    emitted = 0
+
+    def out(text: str, reason: str | None = None):
+        return Chunk(text, reason) if details else text
+
     for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, seed=seed):
+                              top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+                              repetition_penalty=repetition_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram_size):
         new.append(token)
         text = tokenizer.decode(new)
         if text.endswith("\ufffd"):
             continue
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
-            emitted = text
+        at = _first_stop(text, stops)
+        if at >= 0:
+            if at > emitted and not details:
+                yield text[emitted:at]
+            if details:
+                yield Chunk(text[emitted:at], "stop")
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > emitted:
+            yield out(text[emitted:safe])
+            emitted = safe
     text = tokenizer.decode(new)
-    if len(text) > len(emitted):
-        yield text[len(emitted):]
+    if details:
+        yield Chunk(text[emitted:], "length")
+    elif len(text) > emitted:
+        yield text[emitted:]
 
 
 def generate(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, **kwargs) -> str:
     """The continuation of ``prompt`` as one string; keyword arguments as :func:`stream`."""
+    kwargs.pop("details", None)
     return "".join(stream(model, prompt, max_new_tokens, **kwargs))
+
+
+from attnkit.generate.batch import generate_batch, generate_batch_ids  # noqa: E402
 
 
 class _CallableModule(types.ModuleType):
@@ -102,5 +202,6 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["generate", "generate_ids", "stream", "sample", "apply_temperature", "top_k_filter",
-           "top_p_filter"]
+__all__ = ["generate", "generate_ids", "stream", "Chunk", "generate_batch", "generate_batch_ids",
+           "sample", "apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter",
+           "repetition_penalty", "no_repeat_ngram"]

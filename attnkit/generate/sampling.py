@@ -6,6 +6,8 @@ one final softmax. "Predict, sample, repeat": the model predicts these
 logits, :func:`sample` draws one token, and the caller appends it and asks again.
 """
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -37,12 +39,85 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def min_p_filter(logits: torch.Tensor, min_p: float | None) -> torch.Tensor:
+    """Keep the tokens whose probability is at least ``min_p`` times that of the most likely
+    token (min-p sampling). The most likely token always survives; 0 or None is a no-op."""
+    if min_p is None or min_p <= 0:
+        return logits
+    if min_p > 1:
+        raise ValueError("min_p must be in [0, 1]")
+    probs = logits.float().softmax(dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (..., 1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def _per_row(previous_ids, logits: torch.Tensor) -> list[list[int]]:
+    """``previous_ids`` as one id list per row of ``logits`` flattened to (N, V): a flat
+    sequence applies to every row; a nested one (or a 2-D tensor) gives one list per row."""
+    if isinstance(previous_ids, torch.Tensor):
+        previous_ids = previous_ids.tolist()
+    previous_ids = list(previous_ids)
+    n_rows = logits[..., 0].numel()
+    if previous_ids and isinstance(previous_ids[0], Sequence):
+        if len(previous_ids) != n_rows:
+            raise ValueError(f"{len(previous_ids)} id lists for {n_rows} rows of logits")
+        return [list(map(int, row)) for row in previous_ids]
+    return [list(map(int, previous_ids))] * n_rows
+
+
+def repetition_penalty(logits: torch.Tensor, previous_ids: Sequence | torch.Tensor,
+                       penalty: float | None) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al., 2019): the logit of every token already in
+    ``previous_ids`` is divided by ``penalty`` if positive and multiplied by it if negative,
+    so ``penalty > 1`` makes repeats less likely. 1 or None is a no-op."""
+    if penalty is None or penalty == 1.0:
+        return logits
+    if penalty <= 0:
+        raise ValueError("repetition_penalty must be positive")
+    rows = _per_row(previous_ids, logits)
+    flat = logits.reshape(-1, logits.shape[-1]).clone()
+    for r, ids in enumerate(rows):
+        if not ids:
+            continue
+        seen = torch.tensor(sorted(set(ids)), device=logits.device)
+        x = flat[r, seen]
+        flat[r, seen] = torch.where(x > 0, x / penalty, x * penalty)
+    return flat.view_as(logits)
+
+
+def no_repeat_ngram(logits: torch.Tensor, previous_ids: Sequence | torch.Tensor,
+                    n: int | None) -> torch.Tensor:
+    """Ban every token that would complete an ``n``-gram already present in ``previous_ids``
+    (the last ``n - 1`` ids are the prefix of the next n-gram). 0 or None is a no-op. A row in
+    which every token would be banned is left as it was, so some token can always be drawn."""
+    if not n or n <= 0:
+        return logits
+    rows = _per_row(previous_ids, logits)
+    flat = logits.reshape(-1, logits.shape[-1]).clone()
+    for r, ids in enumerate(rows):
+        if len(ids) < n:
+            continue
+        prefix = tuple(ids[len(ids) - n + 1:]) if n > 1 else ()
+        banned = {ids[i + n - 1] for i in range(len(ids) - n + 1)
+                  if tuple(ids[i:i + n - 1]) == prefix}
+        if not banned:
+            continue
+        row = flat[r].index_fill(0, torch.tensor(sorted(banned), device=logits.device),
+                                 float("-inf"))
+        if torch.isfinite(row).any():
+            flat[r] = row
+    return flat.view_as(logits)
+
+
 def sample(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token id per row of ``logits`` (B, V) -> (B,). ``temperature == 0`` is greedy."""
+           top_p: float | None = None, generator: torch.Generator | None = None,
+           min_p: float | None = None) -> torch.Tensor:
+    """Draw one token id per row of ``logits`` (B, V) -> (B,). ``temperature == 0`` is greedy.
+
+    The rules apply in the order temperature, top-k, top-p, min-p."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = apply_temperature(logits.float(), temperature)
-    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+    logits = min_p_filter(top_p_filter(top_k_filter(logits, top_k), top_p), min_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

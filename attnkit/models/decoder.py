@@ -44,14 +44,21 @@ class Decoder(nn.Module):
         scale_residual_projections(self, cfg.init_std, cfg.n_layers)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
         cross-entropy (positions whose target is -100 are ignored).
 
         With a ``cache``, ``input_ids`` are the tokens that follow the cached
         ones; the cache grows by T.
+
+        For batches of left-padded sequences: ``positions`` (B, T) are each row's
+        token positions (0 at its first real token; default cache.length + 0 .. T - 1 for
+        every row) and ``key_padding_mask`` (B, S), S = cached + T, is True at real tokens.
         """
-        x, _ = self.hidden_states(input_ids, cache=cache)
+        x, _ = self.hidden_states(input_ids, cache=cache, positions=positions,
+                                  key_padding_mask=key_padding_mask)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -60,22 +67,29 @@ class Decoder(nn.Module):
         return logits, loss
 
     def hidden_states(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
-                      need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                      need_weights: bool = False, positions: torch.Tensor | None = None,
+                      key_padding_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The final hidden states (B, T, C), and with ``need_weights`` the attention weights
-        of every layer, each (B, nh, T, S), computed on the eager path."""
+        of every layer, each (B, nh, T, S), computed on the eager path. ``positions`` and
+        ``key_padding_mask`` as in :meth:`forward`."""
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
-        if self.pos_emb is not None and start + T > self.cfg.context_length and \
+        last = start + T - 1 if positions is None else int(positions.max())
+        if self.pos_emb is not None and last >= self.cfg.context_length and \
                 self.cfg.pos == "learned":
-            raise ValueError(f"sequence of {start + T} tokens exceeds the learned position "
+            raise ValueError(f"sequence of {last + 1} tokens exceeds the learned position "
                              f"table of {self.cfg.context_length}")
         x = self.tok_emb(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=input_ids.device))
+            pos = torch.arange(start, start + T, device=input_ids.device) if positions is None \
+                else positions
+            x = x + self.pos_emb(pos)  # (T, C) or (B, T, C)
         x = self.drop(x)
         weights = []
         for i, block in enumerate(self.blocks):
-            x, w = block(x, cache=cache, layer=i, need_weights=need_weights)
+            x, w = block(x, cache=cache, layer=i, need_weights=need_weights,
+                         key_padding_mask=key_padding_mask, positions=positions)
             if w is not None:
                 weights.append(w)
         if cache is not None:

@@ -39,14 +39,20 @@ class Attention(nn.Module):
             self.alibi_slopes = None
 
     def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, layer: int = 0,
-                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention over ``x`` (B, T, C) -> ((B, T, C), weights (B, nh, T, S) or None).
 
         With a ``cache``, the T new tokens sit at positions cache.length ..
         cache.length + T - 1 and attend to every cached token as well.
         ``key_padding_mask`` (B, S) is True (or 1) for real keys and False for
-        padding, which no query attends to; every row needs one real key.
+        padding, which no query attends to; a query left with no key at all (a left-padded
+        position) attends to itself alone, so its output stays finite.
+
+        ``positions`` (B, T), optional, are the RoPE positions of the new tokens per row
+        (batched generation of left-padded prompts starts each row at 0); by default they
+        are cache.length .. cache.length + T - 1. Causal masking and ALiBi depend only on
+        the distance between tokens, so they use the cache index either way.
         """
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
@@ -55,7 +61,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         q_pos = torch.arange(start, start + T, device=x.device)
         if self.rope is not None:
-            q, k = self.rope(q, q_pos), self.rope(k, q_pos)
+            rope_pos = q_pos if positions is None else positions
+            q, k = self.rope(q, rope_pos), self.rope(k, rope_pos)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = start + T
         S = k.shape[2]
@@ -106,7 +113,13 @@ class Attention(nn.Module):
             mask = torch.zeros(1, T, S, device=keep.device).masked_fill(~causal, float("-inf"))
         pad = torch.zeros(keep.shape, device=keep.device).masked_fill(~keep.bool(), float("-inf"))
         pad = pad[:, None, None, :]  # (B, 1, 1, S)
-        return pad if mask is None else mask + pad
+        full = pad if mask is None else mask + pad
+        dead = torch.isinf(full).all(dim=-1, keepdim=True)  # queries with no key left
+        if dead.any():  # a left-padded query attends to itself alone, so the batch stays finite
+            q_idx = torch.arange(S - T, S, device=keep.device)
+            itself = q_idx[:, None] == torch.arange(S, device=keep.device)[None, :]  # (T, S)
+            full = torch.where(dead & itself, 0.0, full)
+        return full
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                dropout: float) -> tuple[torch.Tensor, torch.Tensor]:

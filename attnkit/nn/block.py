@@ -29,18 +29,20 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, layer: int = 0,
-                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                need_weights: bool = False, key_padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, C) -> ((B, T, C), attention weights or None); ``key_padding_mask`` (B, S)
-        is True for real keys and False for padding (see :class:`Attention`)."""
+        is True for real keys and False for padding; ``positions`` (B, T) are per-row RoPE
+        positions (see :class:`Attention`)."""
         if self.pre:
             a, weights = self.attn(self.attn_norm(x), cache=cache, layer=layer,
-                                   need_weights=need_weights, key_padding_mask=key_padding_mask)
+                                   need_weights=need_weights, key_padding_mask=key_padding_mask,
+                                   positions=positions)
             x = x + self.drop(a)
             x = x + self.drop(self.ffn(self.ffn_norm(x)))
         else:
             a, weights = self.attn(x, cache=cache, layer=layer, need_weights=need_weights,
-                                   key_padding_mask=key_padding_mask)
+                                   key_padding_mask=key_padding_mask, positions=positions)
             x = self.attn_norm(x + self.drop(a))
             x = self.ffn_norm(x + self.drop(self.ffn(x)))
         return x, weights

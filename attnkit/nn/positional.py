@@ -75,11 +75,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` of shape (B, nh, T, hs) at ``positions`` of shape (T,)."""
+        """Rotate ``x`` of shape (B, nh, T, hs) at ``positions`` of shape (T,) or, one row
+        per batch element, (B, T)."""
         if positions.max() >= self.cos.shape[0]:
             self._build(int(positions.max()) + 1, device=self.cos.device)
-        cos = self.cos[positions].to(x.dtype)  # (T, hs)
+        cos = self.cos[positions].to(x.dtype)  # (T, hs) or (B, T, hs)
         sin = self.sin[positions].to(x.dtype)
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs)
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
