@@ -1,0 +1,201 @@
+"""``attnkit inspect``: pictures and numbers from inside a trained run.
+
+With ``--prompt``: the attention of every layer and head on the prompt (one heatmap PNG per
+layer and head), the mean attention entropy per layer and head, and the next-token
+distribution at several temperatures. With ``--embeddings``: a PCA of the token embedding
+table. Every number drawn is also written to JSON beside the pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from attnkit.errors import AttnkitError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="attention maps, attention entropy, next-token and embedding pictures",
+        description="Write PNGs and a JSON file of what a trained run does on --prompt "
+                    "(attention per layer and head, attention entropy, the next-token "
+                    "distribution at several temperatures), or with --embeddings a PCA of its "
+                    "token embeddings.",
+        epilog="examples:\n"
+               "  attnkit inspect runs/pydoc-char --prompt \"def __init__(self\"\n"
+               "  attnkit inspect runs/pydoc-char --prompt \"The \" --layer 0 --head 1\n"
+               "  attnkit inspect runs/pydoc-char --embeddings --out pictures/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a run directory, e.g. runs/pydoc-char")
+    p.add_argument("--prompt", help="text to run through the model")
+    p.add_argument("--embeddings", action="store_true",
+                   help="plot the token embedding table on its first two principal axes")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN/inspect)")
+    p.add_argument("--layer", type=int, help="draw attention heatmaps of this layer only "
+                   "(inspect.json always holds every layer)")
+    p.add_argument("--head", type=int, help="draw attention heatmaps of this head only")
+    p.add_argument("--temperatures", default="0.5,1,2",
+                   help="comma-separated softmax temperatures (default 0.5,1,2)")
+    p.add_argument("--top", type=int, default=10, help="tokens listed per temperature (10)")
+    p.add_argument("--device", default="cpu", help="cpu | auto | cuda | mps (default cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def parse_temperatures(text: str) -> list[float]:
+    try:
+        temps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise AttnkitError(f"--temperatures must be comma-separated numbers, e.g. 0.5,1,2 "
+                           f"(got '{text}')") from None
+    if not temps or any(not t > 0 or t == float("inf") for t in temps):
+        raise AttnkitError(f"--temperatures must be positive numbers, e.g. 0.5,1,2 (got '{text}')")
+    return temps
+
+
+def _check_args(args: argparse.Namespace, extra: list[str]) -> list[float]:
+    if extra:
+        raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit inspect "
+                           f"--help`)")
+    if args.prompt is None and not args.embeddings:
+        raise AttnkitError("nothing to inspect: give --prompt \"TEXT\" or --embeddings")
+    if args.prompt is not None and args.prompt == "":
+        raise AttnkitError("--prompt is empty (give at least one character)")
+    if args.top < 1:
+        raise AttnkitError("--top must be at least 1")
+    return parse_temperatures(args.temperatures)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    temperatures = _check_args(args, extra)
+    import attnkit
+
+    model = attnkit.load(args.run, device=args.device)
+    family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
+    if family == "seq2seq":
+        raise AttnkitError(f"{args.run} is a seq2seq model; inspect handles decoder, encoder and "
+                           f"LSTM runs for now (cross-attention pictures are future work; "
+                           f"Seq2Seq.attention_maps gives the numbers)")
+    if getattr(model, "tokenizer", None) is None:
+        raise AttnkitError(f"{args.run} has no tokenizer.json, so the prompt cannot be encoded "
+                           f"(add the model's tokenizer.json to the folder)")
+    out = args.out or Path(args.run) / "inspect"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AttnkitError(f"cannot create {out}: {e.strerror or e} (choose another --out)") from None
+    written: list[Path] = []
+    summary: list[str] = []
+    if args.prompt is not None:
+        written += inspect_prompt(model, family, args, temperatures, out, summary)
+    if args.embeddings:
+        written += inspect_embeddings(model, out, summary)
+    print(f"wrote {len(written)} files to {out}:")
+    for path in written:
+        print(f"  {path}")
+    for line in summary:
+        print(line)
+    return 0
+
+
+def _encode(model, family: str, prompt: str) -> list[int]:
+    tok = model.tokenizer
+    ids = tok.encode(prompt)  # unseen characters raise AttnkitError
+    if family == "encoder":  # framed like the encoder's training inputs: [CLS] ... [SEP]
+        specials = getattr(tok, "special_tokens", {}) or {}
+        ids = ([specials["cls"]] if "cls" in specials else []) + ids + \
+              ([specials["sep"]] if "sep" in specials else [])
+    if not ids:
+        raise AttnkitError("the prompt encodes to no tokens (give some text)")
+    limit = model.cfg.context_length
+    if len(ids) > limit:
+        raise AttnkitError(f"the prompt is {len(ids)} tokens but the model's context is {limit} "
+                           f"(shorten the prompt)")
+    return ids
+
+
+def inspect_prompt(model, family: str, args, temperatures: list[float], out: Path,
+                   summary: list[str]) -> list[Path]:
+    import torch
+
+    from attnkit.viz import inspect as nums
+    from attnkit.viz import plots
+
+    ids = _encode(model, family, args.prompt)
+    tokens = [nums.token_label(model.tokenizer, i) for i in ids]
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    data: dict = {"run": str(args.run), "family": family, "prompt": args.prompt, "ids": ids,
+                  "tokens": tokens}
+    written: list[Path] = []
+    has_attention = hasattr(model, "attention_maps")
+    if has_attention:
+        weights = nums.attention_weights(model, x)  # (L, nh, T, T)
+        n_layers, n_heads = weights.shape[:2]
+        for name, value, n in (("--layer", args.layer, n_layers), ("--head", args.head, n_heads)):
+            if value is not None and not 0 <= value < n:
+                raise AttnkitError(f"{name} {value} is out of range (the model has {n}, "
+                                   f"numbered 0 to {n - 1})")
+        entropy = nums.attention_entropy(weights)
+        data["attention"] = {"shape": list(weights.shape),
+                             "weights": weights.round(decimals=6).tolist()}
+        data["attention_entropy"] = {"max": nums.max_entropy(len(ids)),
+                                     "per_layer_head": entropy.tolist()}
+        for layer in range(n_layers):
+            if args.layer is not None and layer != args.layer:
+                continue
+            for head in range(n_heads):
+                if args.head is not None and head != args.head:
+                    continue
+                path = out / f"attention_layer{layer}_head{head}.png"
+                written.append(plots.attention_heatmap(
+                    weights[layer, head].numpy(), tokens, path, f"layer {layer}, head {head}"))
+        written.append(plots.entropy_grid(entropy.numpy(), out / "attention_entropy.png",
+                                          nums.max_entropy(len(ids))))
+        by_layer = ", ".join(f"L{i} {v:.2f}" for i, v in enumerate(entropy.mean(1).tolist()))
+        summary.append(f"attention: {n_layers} layers x {n_heads} heads over {len(ids)} tokens; "
+                       f"mean entropy (nats, max {nums.max_entropy(len(ids)):.2f}): {by_layer}")
+    else:
+        summary.append(f"no attention: {family} models have none, so only the next-token "
+                       f"picture is drawn")
+    if family == "encoder":
+        summary.append("no next-token distribution: an encoder does not continue text")
+    else:
+        logits = nums.last_logits(model, x)
+        dists = nums.next_token(logits, temperatures, args.top, model.tokenizer)
+        data["next_token"] = dists
+        label = repr(args.prompt if len(args.prompt) <= 24 else "..." + args.prompt[-21:])
+        written.append(plots.next_token_bars(dists, out / "next_token.png", label))
+        ref = min(dists, key=lambda d: abs(d["temperature"] - 1.0))
+        shown = ", ".join(f"'{e['token']}' {e['prob']:.3f}" for e in ref["top"][:5])
+        summary.append(f"next token at T={ref['temperature']:g}: {shown}")
+    path = out / "inspect.json"
+    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    written.append(path)
+    return written
+
+
+def inspect_embeddings(model, out: Path, summary: list[str]) -> list[Path]:
+    from attnkit.viz import inspect as nums
+    from attnkit.viz import plots
+
+    emb = getattr(model, "tok_emb", None)
+    if emb is None:
+        raise AttnkitError("this model has no single token embedding table to plot")
+    coords, explained = nums.embedding_pca(emb.weight, 2)
+    if coords.shape[1] < 2:
+        raise AttnkitError("the embedding table has fewer than 2 dimensions; nothing to plot")
+    labels = [nums.token_label(model.tokenizer, i) for i in range(coords.shape[0])]
+    png = plots.pca_scatter(coords, labels, explained, out / "embeddings_pca.png")
+    path = out / "embeddings_pca.json"
+    path.write_text(json.dumps({
+        "vocab_size": coords.shape[0],
+        "explained_variance_ratio": explained.tolist(),
+        "points": [{"id": i, "token": t, "x": float(c[0]), "y": float(c[1])}
+                   for i, (t, c) in enumerate(zip(labels, coords.tolist()))],
+    }) + "\n", encoding="utf-8")
+    summary.append(f"embeddings: {coords.shape[0]} tokens x {emb.weight.shape[1]} dims; the first "
+                   f"two principal axes explain {100 * float(explained.sum()):.1f}% of the variance")
+    return [png, path]
+

@@ -1,0 +1,110 @@
+"""Pictures for ``attnkit inspect``, drawn with matplotlib on the non-interactive Agg
+back-end. matplotlib is imported inside each function so that importing attnkit stays fast;
+each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+LABEL_LIMIT = 48  # longest sequence drawn with a token label on every tick
+DPI = 80
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def attention_heatmap(weights, tokens: Sequence[str], path: Path, title: str) -> Path:
+    """One head's attention (T, T): queries down, keys across, darker = more weight."""
+    plt = _plt()
+    n = len(tokens)
+    side = min(12.0, max(4.0, 0.28 * n + 2.0))
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if n <= LABEL_LIMIT:
+        short = max(len(t) for t in tokens) <= 2  # single characters read best upright
+        ax.set_xticks(range(n), tokens, rotation=0 if short else 90, fontsize=10)
+        ax.set_yticks(range(n), tokens, fontsize=10)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def entropy_grid(entropy, path: Path, max_entropy: float) -> Path:
+    """Mean attention entropy per layer (rows) and head (columns), with the values written in."""
+    plt = _plt()
+    n_layers, n_heads = entropy.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * n_heads + 2.5), max(3.0, 0.6 * n_layers + 1.8)))
+    im = ax.imshow(entropy, cmap="magma", vmin=0.0, vmax=max(max_entropy, 1e-6), aspect="auto")
+    fig.colorbar(im, ax=ax, label="nats")
+    for i in range(n_layers):
+        for j in range(n_heads):
+            v = float(entropy[i, j])
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.6 * max_entropy else "black")
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
+    ax.set_yticks(range(n_layers), [str(layer) for layer in range(n_layers)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"attention entropy (max log T = {max_entropy:.2f})")
+    return _save(fig, path)
+
+
+def next_token_bars(dists: list[dict], path: Path, prompt_label: str) -> Path:
+    """The top tokens of the first listed temperature closest to 1, as grouped bars with one
+    bar per temperature: low temperatures sharpen the distribution, high ones flatten it."""
+    plt = _plt()
+    ref = min(dists, key=lambda d: abs(d["temperature"] - 1.0))
+    order = [e["id"] for e in ref["top"]]
+    labels = [e["token"] for e in ref["top"]]
+    for d in dists:  # a token in another temperature's top list but not the reference's
+        for e in d["top"]:
+            if e["id"] not in order and len(order) < len(ref["top"]) + 5:
+                order.append(e["id"])
+                labels.append(e["token"])
+    n, m = len(order), len(dists)
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * n + 2.0), 4.0))
+    for k, d in enumerate(dists):
+        probs = {e["id"]: e["prob"] for e in d["top"]}
+        xs = [i + (k - (m - 1) / 2) * width for i in range(n)]
+        ax.bar(xs, [probs.get(i, 0.0) for i in order], width, label=f"T = {d['temperature']:g}")
+    ax.set_xticks(range(n), labels, fontsize=9)
+    ax.set_ylabel("probability")
+    top = max(e["prob"] for d in dists for e in d["top"])
+    ax.set_ylim(0, min(1.0, 1.15 * top))
+    ax.legend()
+    ax.set_title(f"next token after {prompt_label}: softmax(logits / T)")
+    return _save(fig, path)
+
+
+def pca_scatter(coords, labels: Sequence[str], explained, path: Path, label_limit: int = 300
+                ) -> Path:
+    """Token embeddings on their first two principal axes, each point labelled with its token
+    when the vocabulary has at most ``label_limit`` tokens."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.0, 7.0))
+    xs, ys = coords[:, 0].tolist(), coords[:, 1].tolist()
+    ax.scatter(xs, ys, s=8, alpha=0.5)
+    if len(labels) <= label_limit:
+        for x, y, text in zip(xs, ys, labels):
+            ax.annotate(text, (x, y), fontsize=9, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel(f"PC 1 ({100 * float(explained[0]):.1f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * float(explained[1]):.1f}% of variance)")
+    ax.set_title(f"token embeddings, PCA ({len(labels)} tokens)")
+    return _save(fig, path)

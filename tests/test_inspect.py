@@ -1,0 +1,191 @@
+"""``attnkit inspect``: the pictures exist and are PNGs, and the numbers in the JSON are
+attention weights, entropies and temperature-scaled distributions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit.cli import main
+from attnkit.viz import inspect as nums
+
+TINY = ["--model.d_model=32", "--model.context_length=32", "--train.batch_size=4", "--train.eval_batches=2",
+        "--train.steps=3", "--no-samples"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PROMPT = "def f(x):"
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _train(root: Path, name: str, *extra: str) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("ATTNKIT_CACHE", str(root / "cache"))
+        assert main(["train", *TINY, *extra, "--out", str(root / name)]) == 0
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inspect")
+    _train(root, "decoder", "--model.n_layers=2", "--model.n_heads=2")
+    _train(root, "lstm", "--model.family=lstm", "--model.n_layers=1")
+    _train(root, "encoder", "--model.family=encoder", "--data.task=mlm", "--model.n_layers=1",
+           "--model.n_heads=2")
+    _train(root, "seq2seq", "--model.family=seq2seq", "--data.task=seq2seq",
+           "--data.path=synthetic:reverse", "--model.n_heads=2", "--model.n_encoder_layers=1",
+           "--model.n_decoder_layers=1")
+    return root
+
+
+@pytest.fixture
+def env(runs, monkeypatch) -> Path:
+    monkeypatch.chdir(runs)
+    monkeypatch.setenv("ATTNKIT_CACHE", str(runs / "cache"))
+    return runs
+
+
+def test_decoder_prompt_writes_every_picture_and_consistent_numbers(env, capsys, tmp_path):
+    out_dir = tmp_path / "pics"
+    rc, out, err = cli(capsys, "inspect", "decoder", "--prompt", PROMPT, "--out", out_dir,
+                       "--top", "5")
+    assert rc == 0, err
+    names = [f"attention_layer{layer}_head{head}.png" for layer in range(2) for head in range(2)]
+    names += ["attention_entropy.png", "next_token.png"]
+    for name in names:
+        assert is_png(out_dir / name), name
+        assert str(out_dir / name) in out
+    assert "next token at T=1" in out and "mean entropy" in out
+
+    data = json.loads((out_dir / "inspect.json").read_text())
+    T = len(PROMPT)
+    assert data["tokens"][:3] == ["d", "e", "f"] and len(data["ids"]) == T
+    w = torch.tensor(data["attention"]["weights"])
+    assert list(w.shape) == data["attention"]["shape"] == [2, 2, T, T]
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, T), atol=1e-4)
+    assert (w >= 0).all()
+    assert (w.triu(diagonal=1) == 0).all()  # causal: no query sees a later key
+
+    ent = torch.tensor(data["attention_entropy"]["per_layer_head"])
+    assert ent.shape == (2, 2)
+    assert (ent >= 0).all() and (ent <= math.log(T) + 1e-6).all()
+    assert data["attention_entropy"]["max"] == pytest.approx(math.log(T))
+
+    dists = {d["temperature"]: d for d in data["next_token"]}
+    assert sorted(dists) == [0.5, 1.0, 2.0]
+    for d in dists.values():
+        probs = [e["prob"] for e in d["top"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert 0 < d["top_mass"] <= 1 + 1e-6 and d["max_prob"] == probs[0]
+    assert dists[0.5]["max_prob"] > dists[1.0]["max_prob"] > dists[2.0]["max_prob"]
+    assert dists[0.5]["entropy"] < dists[2.0]["entropy"]
+    # the same token leads at every temperature: dividing logits by T keeps their order
+    assert len({d["top"][0]["id"] for d in dists.values()}) == 1
+
+
+def test_default_out_dir_and_layer_head_filter(env, capsys):
+    rc, out, err = cli(capsys, "inspect", "decoder", "--prompt", "The ", "--layer", "1",
+                       "--head", "0", "--temperatures", "0.7,1.5")
+    assert rc == 0, err
+    out_dir = env / "decoder" / "inspect"
+    assert is_png(out_dir / "attention_layer1_head0.png")
+    assert "attention_layer0_head0.png" not in out and "attention_layer1_head1.png" not in out
+    data = json.loads((out_dir / "inspect.json").read_text())
+    assert data["tokens"][-1] == "␣"  # whitespace is made visible
+    assert data["attention"]["shape"] == [2, 2, 4, 4]  # the JSON keeps every layer and head
+    assert [d["temperature"] for d in data["next_token"]] == [0.7, 1.5]
+
+
+def test_embeddings_pca(env, capsys, tmp_path):
+    rc, out, err = cli(capsys, "inspect", "decoder", "--embeddings", "--out", tmp_path)
+    assert rc == 0, err
+    assert is_png(tmp_path / "embeddings_pca.png")
+    data = json.loads((tmp_path / "embeddings_pca.json").read_text())
+    vocab = json.loads((env / "decoder" / "config.json").read_text())["model"]["vocab_size"]
+    assert data["vocab_size"] == vocab == len(data["points"])
+    assert [p["id"] for p in data["points"]] == list(range(vocab))
+    ratios = data["explained_variance_ratio"]
+    assert len(ratios) == 2 and 0 < ratios[1] <= ratios[0] <= 1
+    assert "embeddings:" in out
+
+
+def test_lstm_run_gets_only_the_next_token_picture(env, capsys, tmp_path):
+    rc, out, err = cli(capsys, "inspect", "lstm", "--prompt", PROMPT, "--out", tmp_path)
+    assert rc == 0, err
+    assert is_png(tmp_path / "next_token.png")
+    assert not list(tmp_path.glob("attention*.png"))
+    assert "no attention" in out
+    data = json.loads((tmp_path / "inspect.json").read_text())
+    assert "attention" not in data and len(data["next_token"]) == 3
+
+
+def test_encoder_run_gets_attention_but_no_next_token(env, capsys, tmp_path):
+    rc, out, err = cli(capsys, "inspect", "encoder", "--prompt", PROMPT, "--out", tmp_path)
+    assert rc == 0, err
+    data = json.loads((tmp_path / "inspect.json").read_text())
+    T = len(data["ids"])
+    assert T == len(PROMPT) + 2 and data["tokens"][0].startswith("<|")  # [CLS] ... [SEP]
+    w = torch.tensor(data["attention"]["weights"])
+    assert w.shape == (1, 2, T, T)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 2, T), atol=1e-4)
+    assert (w.triu(diagonal=1) > 0).any()  # bidirectional: later keys are seen too
+    assert is_png(tmp_path / "attention_layer0_head1.png") and is_png(tmp_path / "attention_entropy.png")
+    assert not (tmp_path / "next_token.png").exists() and "next_token" not in data
+    assert "does not continue text" in out
+
+
+def test_seq2seq_run_is_refused_in_one_line(env, capsys):
+    rc, _, err = cli(capsys, "inspect", "seq2seq", "--prompt", "abc")
+    assert rc == 2 and "seq2seq" in err and "future work" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_temperature_distribution_functions():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    sharp, flat = nums.temperature_probs(logits, 0.5), nums.temperature_probs(logits, 2.0)
+    for p in (sharp, flat, nums.temperature_probs(logits, 1.0)):
+        assert p.sum().item() == pytest.approx(1.0)
+    assert sharp.max() > flat.max()
+    assert torch.allclose(nums.temperature_probs(logits, 1.0), torch.softmax(logits, -1))
+
+
+def test_entropy_bounds_and_pca_on_known_inputs():
+    T = 5
+    uniform = torch.full((1, 1, T, T), 1 / T)
+    onehot = torch.eye(T).view(1, 1, T, T)
+    assert nums.attention_entropy(uniform).item() == pytest.approx(math.log(T))
+    assert nums.attention_entropy(onehot).item() == pytest.approx(0.0)
+    # points on a line: the first axis explains everything
+    table = torch.outer(torch.arange(6.0), torch.tensor([1.0, 2.0, 0.0]))
+    coords, explained = nums.embedding_pca(table)
+    assert coords.shape == (6, 2) and explained[0].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["decoder", "--prompt", "caf\u00e9 \u2603"], "never saw"),
+    (["decoder", "--prompt", "x" * 40], "context is 32"),
+    (["decoder", "--prompt", ""], "empty"),
+    (["decoder"], "--prompt"),
+    (["decoder", "--prompt", "ab", "--temperatures", "1,0"], "positive"),
+    (["decoder", "--prompt", "ab", "--temperatures", "hot"], "comma-separated"),
+    (["decoder", "--prompt", "ab", "--top", "0"], "--top"),
+    (["decoder", "--prompt", "ab", "--layer", "7"], "--layer 7 is out of range"),
+    (["missing-run", "--prompt", "ab"], "not found"),
+])
+def test_bad_input_is_one_line_exit_2(env, capsys, argv, message):
+    rc, out, err = cli(capsys, "inspect", *argv)
+    assert rc == 2
+    assert message in err and err.startswith("error:") and len(err.strip().splitlines()) == 1
