@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample only among the k most likely tokens (default: off)")
     sample.add_argument("--top-p", type=float, default=None,
                         help="nucleus sampling: the smallest set with probability >= p")
+    sample.add_argument("--min-p", type=float, default=None, metavar="P",
+                        help="keep tokens at least P times as likely as the most likely one "
+                             "(default: off)")
+    sample.add_argument("--repetition-penalty", type=float, default=None, metavar="R",
+                        help="CTRL penalty on tokens already seen, e.g. 1.2 (default: off)")
+    sample.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+                        help="never repeat an N-gram (default: off)")
+    sample.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="stop when the text contains TEXT, which is not printed "
+                             "(repeatable)")
     sample.add_argument("--seed", type=int, default=None, help="random seed for repeatable text")
     sample.add_argument("--num-samples", type=int, default=1, help="independent samples "
                         "(seeds seed, seed+1, ...)")
@@ -200,6 +210,14 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         raise AttnkitError("--temperature must be 0 (greedy) or positive")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise AttnkitError("--top-p must be in (0, 1]")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        raise AttnkitError("--min-p must be in [0, 1]")
+    if args.repetition_penalty is not None and args.repetition_penalty <= 0:
+        raise AttnkitError("--repetition-penalty must be positive (1 is off)")
+    if args.no_repeat_ngram is not None and args.no_repeat_ngram < 0:
+        raise AttnkitError("--no-repeat-ngram must be 0 (off) or more")
+    if args.stop is not None and any(not s for s in args.stop):
+        raise AttnkitError("--stop must not be empty")
     model = attnkit.load(args.run, device=args.device)
     family = model.cfg.family
     if family in FAMILY_COMMAND:
@@ -229,7 +247,9 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"--- sample {i + 1} ---")
         sys.stdout.write(prompt)
         for piece in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, seed=seed):
+                            top_k=args.top_k, top_p=args.top_p, seed=seed, min_p=args.min_p,
+                            repetition_penalty=args.repetition_penalty,
+                            no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -262,6 +282,8 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample}
 # and imports anything heavy inside ``run`` so that ``attnkit --help`` stays fast.
 COMMAND_MODULES: tuple[str, ...] = ("attnkit.commands.embed", "attnkit.commands.convert")
 COMMAND_MODULES += ("attnkit.commands.translate", "attnkit.commands.eval")
+COMMAND_MODULES += ("attnkit.commands.serve",)
+COMMAND_MODULES += ("attnkit.commands.inspect",)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,529 @@
+"""The FastAPI application behind ``attnkit serve``.
+
+OpenAI-compatible endpoints (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/embeddings``), two JSON endpoints for the playground (``/v1/attnkit/next_token`` and
+``/v1/attnkit/attention``), ``/health`` and the playground page at ``/``.
+
+One model answers every request, so generation runs in a worker thread per request and the
+threads take turns through one lock: concurrent requests queue and are all answered. A
+streaming client that disconnects sets its worker's stop flag, which ends its generation at
+the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import inspect
+import json
+import struct
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from attnkit.errors import AttnkitError
+
+STATIC = Path(__file__).parent / "static"
+CHAT_FORMAT = "{role}: {content}\n"  # each message on its own line, then "assistant:"
+CHAT_STOP = ("\nuser:", "\nsystem:")
+MAX_STOP = 4
+
+
+class ApiError(Exception):
+    """An OpenAI-style error response."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(status_code=self.status, headers=headers, content={"error": {
+            "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """``role: content`` lines, one per message, then ``assistant:`` for the model to continue."""
+    return "".join(CHAT_FORMAT.format(role=m["role"], content=m["content"]) for m in messages) + \
+        "assistant:"
+
+
+def _stream_kwargs() -> set[str]:
+    from attnkit.generate import stream
+
+    return set(inspect.signature(stream).parameters)
+
+
+class StopFilter:
+    """Cuts streamed text at the first stop string, holding back a tail that might begin one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.sent = self.text[self.sent:cut], cut
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        end = max(len(self.text) - hold, self.sent)
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out
+
+
+class Generator:
+    """Runs ``attnkit.generate.stream`` in a worker thread, one generation at a time."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.accepts = _stream_kwargs()
+
+    async def pieces(self, prompt: str, max_tokens: int, params: dict[str, Any],
+                     request: Request | None = None) -> AsyncIterator[str]:
+        """Text pieces of the continuation; stops early when ``request`` disconnects."""
+        from attnkit.generate import stream
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        kwargs = {k: v for k, v in params.items() if k in self.accepts and v is not None}
+        done = object()
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    if stop.is_set():
+                        return
+                    for piece in stream(self.model, prompt, max_tokens, **kwargs):
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                        if stop.is_set():
+                            break
+            except Exception as e:  # noqa: BLE001 - handed to the request
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        threading.Thread(target=work, daemon=True, name="attnkit-generate").start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    if isinstance(item, AttnkitError):
+                        raise ApiError(400, str(item))
+                    raise item
+                yield item
+                if request is not None and await request.is_disconnected():
+                    return
+        finally:
+            stop.set()
+
+    def run_sync(self, fn, *args):
+        with self.lock:
+            return fn(*args)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _check_type(body: dict, key: str, types: tuple, name: str, default=None):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in types:
+        raise ApiError(400, f"'{key}' must be {name}, got a boolean", param=key, code="invalid_type")
+    if not isinstance(value, types):
+        raise ApiError(400, f"'{key}' must be {name}, got {type(value).__name__}", param=key,
+                       code="invalid_type")
+    return value
+
+
+def _sampling(body: dict, default_max: int, limit: int, token_key: str = "max_tokens") -> dict:
+    max_tokens = _check_type(body, token_key, (int,), "an integer", default_max)
+    if token_key != "max_tokens" and body.get(token_key) is None:
+        max_tokens = _check_type(body, "max_tokens", (int,), "an integer", default_max)
+    if max_tokens < 0 or max_tokens > limit:
+        raise ApiError(400, f"'max_tokens' must be between 0 and {limit}, got {max_tokens}",
+                       param="max_tokens", code="invalid_value")
+    temperature = float(_check_type(body, "temperature", (int, float), "a number", 1.0))
+    if not 0 <= temperature <= 2:
+        raise ApiError(400, f"'temperature' must be between 0 and 2, got {temperature}",
+                       param="temperature", code="invalid_value")
+    top_p = _check_type(body, "top_p", (int, float), "a number")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ApiError(400, f"'top_p' must be in (0, 1], got {top_p}", param="top_p",
+                       code="invalid_value")
+    top_k = _check_type(body, "top_k", (int,), "an integer")
+    if top_k is not None and top_k < 1:
+        raise ApiError(400, "'top_k' must be at least 1", param="top_k", code="invalid_value")
+    seed = _check_type(body, "seed", (int,), "an integer")
+    n = _check_type(body, "n", (int,), "an integer", 1)
+    if n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n", code="invalid_value")
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP:
+        stops = list(stop)
+    else:
+        raise ApiError(400, f"'stop' must be a string or a list of up to {MAX_STOP} strings",
+                       param="stop", code="invalid_type")
+    stream = _check_type(body, "stream", (bool,), "a boolean", False)
+    options = _check_type(body, "stream_options", (dict,), "an object", {})
+    return {"max_tokens": max_tokens, "temperature": temperature,
+            "top_p": None if top_p is None else float(top_p), "top_k": top_k, "seed": seed,
+            "stop": stops, "stream": stream,
+            "include_usage": bool(options.get("include_usage", False))}
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens_limit: int = 1024,
+               default_max_tokens: int = 16, max_body_bytes: int = 1_000_000) -> FastAPI:
+    """A FastAPI app that serves ``model`` (loaded with :func:`attnkit.load`) as ``model_name``.
+
+    ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
+    ``max_tokens_limit``: the largest ``max_tokens`` a request may ask for.
+    ``max_body_bytes``: larger request bodies are refused with 413.
+    """
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise AttnkitError("the model has no tokenizer (load it with attnkit.load)")
+    family = getattr(getattr(model, "cfg", None), "family", "decoder")
+    context = model.cfg.context_length
+    can_generate = family in ("decoder", "lstm")
+    gen = Generator(model)
+    created = int(time.time())
+    app = FastAPI(title="attnkit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.generator = gen
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        return ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                           "authentication_error", code="invalid_api_key")
+
+    async def read_json(request: Request) -> dict:
+        authorize(request)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise ApiError(413, f"request body over {max_body_bytes} bytes", code="body_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise ApiError(413, f"request body over {max_body_bytes} bytes", code="body_too_large")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks) or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        return body
+
+    def check_model(body: dict) -> None:
+        name = body.get("model", model_name)
+        if not isinstance(name, str):
+            raise ApiError(400, "'model' must be a string", param="model", code="invalid_type")
+        if name != model_name:
+            raise ApiError(404, f"the model '{name}' does not exist (this server serves "
+                                f"'{model_name}')", param="model", code="model_not_found")
+
+    def encode(prompt: str, param: str = "prompt") -> list[int]:
+        try:
+            ids = tok.encode(prompt)
+        except AttnkitError as e:
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+        if not ids:
+            raise ApiError(400, "the prompt is empty after tokenization", param=param,
+                           code="invalid_value")
+        if len(ids) > context:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens but the model's context is "
+                                f"{context}", param=param, code="context_length_exceeded")
+        return ids
+
+    def count(text: str) -> int:
+        try:
+            return len(tok.encode(text)) if text else 0
+        except AttnkitError:
+            return len(text)
+
+    def require_generation() -> None:
+        if not can_generate:
+            raise ApiError(400, f"'{model_name}' is a {family} model, which does not continue "
+                                f"text", param="model", code="unsupported_model")
+
+    async def complete(prompt: str, p: dict, request: Request, stops: list[str]
+                       ) -> AsyncIterator[tuple[str, str | None]]:
+        """(text piece, None) ... then ("", finish_reason)."""
+        filt = StopFilter(stops)
+        produced = ""
+        async for piece in gen.pieces(prompt, p["max_tokens"], p, request):
+            produced += piece
+            out = filt.feed(piece)
+            if out:
+                yield out, None
+            if filt.stopped:
+                yield "", "stop"
+                return
+        rest = filt.flush()
+        if rest:
+            yield rest, None
+        yield "", ("length" if count(produced) >= p["max_tokens"] else "stop")
+
+    def usage(prompt_tokens: int, text: str) -> dict:
+        c = count(text)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": c,
+                "total_tokens": prompt_tokens + c}
+
+    def sse(obj: Any) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    # -------------------------------------------------------------- routes
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse((STATIC / "playground.html").read_text(encoding="utf-8"))
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [{"id": model_name, "object": "model",
+                                             "created": created, "owned_by": "attnkit"}]}
+
+    @app.get("/v1/models/{name}")
+    async def one_model(name: str, request: Request):
+        authorize(request)
+        check_model({"model": name})
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "attnkit"}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        require_generation()
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "'prompt' must be a string", param="prompt", code="invalid_type")
+        p = _sampling(body, default_max_tokens, max_tokens_limit)
+        n_prompt = len(encode(prompt))
+        cid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def chunk(text: str, finish: str | None) -> dict:
+            return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
+                    "choices": [{"index": 0, "text": text, "logprobs": None,
+                                 "finish_reason": finish}]}
+
+        if p["stream"]:
+            async def events():
+                text = ""
+                try:
+                    async for piece, finish in complete(prompt, p, request, p["stop"]):
+                        text += piece
+                        yield sse(chunk(piece, finish))
+                except ApiError as e:
+                    yield sse({"error": json.loads(e.response().body)["error"]})
+                if p["include_usage"]:
+                    yield sse({**chunk("", None), "choices": [], "usage": usage(n_prompt, text)})
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        text, finish = "", None
+        async for piece, fin in complete(prompt, p, request, p["stop"]):
+            text, finish = text + piece, fin or finish
+        return {**chunk(text, finish), "usage": usage(n_prompt, text)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        require_generation()
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list", param="messages",
+                           code="invalid_type")
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise ApiError(400, f"messages[{i}] must be an object with string 'role' and "
+                                    f"'content'", param=f"messages[{i}]", code="invalid_type")
+        p = _sampling(body, default_max_tokens, max_tokens_limit, "max_completion_tokens")
+        prompt = chat_prompt(messages)
+        n_prompt = len(encode(prompt, "messages"))
+        stops = p["stop"] + list(CHAT_STOP)
+        cid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def chunk(delta: dict, finish: str | None) -> dict:
+            return {"id": cid, "object": "chat.completion.chunk", "created": now,
+                    "model": model_name, "choices": [{"index": 0, "delta": delta,
+                                                      "logprobs": None, "finish_reason": finish}]}
+
+        if p["stream"]:
+            async def events():
+                yield sse(chunk({"role": "assistant", "content": ""}, None))
+                text = ""
+                try:
+                    async for piece, finish in complete(prompt, p, request, stops):
+                        text += piece
+                        yield sse(chunk({"content": piece} if piece else {}, finish))
+                except ApiError as e:
+                    yield sse({"error": json.loads(e.response().body)["error"]})
+                if p["include_usage"]:
+                    yield sse({**chunk({}, None), "choices": [], "usage": usage(n_prompt, text)})
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        text, finish = "", None
+        async for piece, fin in complete(prompt, p, request, stops):
+            text, finish = text + piece, fin or finish
+        return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": usage(n_prompt, text)}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        if not hasattr(model, "embed"):
+            raise ApiError(400, f"'{model_name}' is a {family} model; embeddings come from an "
+                                f"encoder model", param="model", code="unsupported_model")
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+            raise ApiError(400, "'input' must be a string or a non-empty list of strings",
+                           param="input", code="invalid_type")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'",
+                           param="encoding_format", code="invalid_value")
+        for t in texts:
+            encode(t, "input")
+        from attnkit.commands.embed import embed_texts
+
+        vectors, lengths = await asyncio.to_thread(gen.run_sync, embed_texts, model, texts)
+        data = []
+        for i, v in enumerate(vectors.tolist()):
+            emb: Any = v if fmt == "float" else \
+                base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = sum(lengths)
+        return {"object": "list", "data": data, "model": model_name,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+    @app.post("/v1/attnkit/next_token")
+    async def next_token(request: Request):
+        body = await read_json(request)
+        require_generation()
+        prompt = _check_type(body, "prompt", (str,), "a string")
+        if prompt is None:
+            raise ApiError(400, "'prompt' is required", param="prompt", code="invalid_type")
+        temperature = float(_check_type(body, "temperature", (int, float), "a number", 1.0))
+        top = _check_type(body, "top", (int,), "an integer", 10)
+        if temperature < 0 or not 1 <= top <= 100:
+            raise ApiError(400, "'temperature' must be >= 0 and 'top' in 1..100", code="invalid_value")
+        ids = encode(prompt)
+
+        def probs() -> torch.Tensor:
+            with torch.inference_mode():
+                device = next(model.parameters()).device
+                logits = model(torch.tensor([ids], device=device))[0][0, -1].float().cpu()
+            if temperature == 0:
+                return torch.nn.functional.one_hot(logits.argmax(), logits.numel()).float()
+            return torch.softmax(logits / temperature, dim=-1)
+
+        p = await asyncio.to_thread(gen.run_sync, probs)
+        values, idx = p.topk(min(top, p.numel()))
+        return {"tokens": [{"id": int(i), "token": _piece(tok, int(i)), "prob": float(v)}
+                           for v, i in zip(values, idx)]}
+
+    @app.post("/v1/attnkit/attention")
+    async def attention(request: Request):
+        body = await read_json(request)
+        prompt = _check_type(body, "prompt", (str,), "a string")
+        if prompt is None:
+            raise ApiError(400, "'prompt' is required", param="prompt", code="invalid_type")
+        layer = _check_type(body, "layer", (int,), "an integer", 0)
+        head = _check_type(body, "head", (int,), "an integer", 0)
+        if not hasattr(model, "attention_maps"):
+            raise ApiError(400, f"'{model_name}' is a {family} model, which has no attention",
+                           code="unsupported_model")
+        ids = encode(prompt)
+
+        def maps() -> list[torch.Tensor]:
+            device = next(model.parameters()).device
+            return model.attention_maps(torch.tensor([ids], device=device))
+
+        weights = await asyncio.to_thread(gen.run_sync, maps)
+        n_layers, n_heads = len(weights), weights[0].shape[1]
+        if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+            raise ApiError(400, f"layer must be in 0..{n_layers - 1} and head in 0..{n_heads - 1}",
+                           code="invalid_value")
+        matrix = weights[layer][0, head].float().cpu()
+        return {"tokens": [_piece(tok, i) for i in ids], "layer": layer, "head": head,
+                "n_layers": n_layers, "n_heads": n_heads,
+                "matrix": [[round(x, 5) for x in row] for row in matrix.tolist()]}
+
+    return app
+
+
+def _piece(tok, i: int) -> str:
+    try:
+        return tok.decode([i])
+    except Exception:  # noqa: BLE001 - a special or partial token
+        return f"<{i}>"
