@@ -12,7 +12,7 @@ USAGE = "attnkit convert --from-hf DIR --out RUN  |  attnkit convert RUN --to-hf
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert Hugging Face GPT-2/Llama checkpoints to attnkit runs and back",
+        "convert", help="convert Hugging Face GPT-2, Llama, BERT and BART checkpoints to attnkit runs and back",
         usage=USAGE,
         description="Import a Hugging Face model folder (config.json + model.safetensors, "
                     "GPT-2 or Llama) as an attnkit run directory, or export a run's latest "
