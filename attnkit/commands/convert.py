@@ -12,10 +12,11 @@ USAGE = "attnkit convert --from-hf DIR --out RUN  |  attnkit convert RUN --to-hf
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert Hugging Face GPT-2, Llama, BERT and BART checkpoints to attnkit runs and back",
+        "convert",
+        help="convert Hugging Face GPT-2, Llama, BERT and BART checkpoints to attnkit runs and back",
         usage=USAGE,
         description="Import a Hugging Face model folder (config.json + model.safetensors, "
-                    "GPT-2 or Llama) as an attnkit run directory, or export a run's latest "
+                    "GPT-2, Llama, BERT or BART) as an attnkit run directory, or export a run's latest "
                     "checkpoint as a folder transformers' from_pretrained loads. The output "
                     "folder must not exist (or be empty); it appears only when complete.",
         epilog="examples:\n"
