@@ -21,7 +21,7 @@ from attnkit.generate import generate_batch_ids, generate_ids
 from attnkit.interop import to_hf
 from attnkit.models import Decoder
 
-VOCAB = 50257
+VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
 
 def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int) -> list[list[int]]:
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="best of N timed runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--vocab-size", type=int, default=VOCAB,
+                        help="vocabulary (default GPT-2's 50257; 256 = a byte-level model)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,13 +70,13 @@ def main() -> None:
     print(f"{'model':<12} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} {'ratio':>7}  same")
     for size in args.sizes:
         torch.manual_seed(0)
-        cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": VOCAB}))
+        cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": args.vocab_size}))
         model = Decoder(cfg).eval()
         with tempfile.TemporaryDirectory() as tmp:
             to_hf(model, Path(tmp) / "hf")
             hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").eval()
         for batch in args.batches:
-            prompts = torch.randint(0, VOCAB, (batch, args.prompt_len)).tolist()
+            prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()
             attnkit_generate(model, prompts, args.tokens)  # warm up
             hf_generate(hf, prompts, args.tokens)
             t_ours, ours = timed(args.repeats, attnkit_generate, model, prompts, args.tokens)
