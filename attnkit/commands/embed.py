@@ -39,12 +39,11 @@ def add_parser(sub) -> None:
 
 
 def load_encoder(path: Path, device: str = "cpu"):
-    """An encoder with its tokenizer: a Hugging Face BERT folder through the BERT importer,
-    anything else through :func:`attnkit.load`."""
+    """An encoder with its tokenizer, through :func:`attnkit.load` (which sends a Hugging Face
+    BERT folder to the BERT importer)."""
     import attnkit
-    from attnkit.interop.bert import from_hf_bert, is_hf_bert_dir
 
-    model = from_hf_bert(path, device) if is_hf_bert_dir(path) else attnkit.load(path, device)
+    model = attnkit.load(path, device)
     if not hasattr(model, "embed"):
         family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
         raise AttnkitError(f"{path} holds a {family} model, and embeddings come from an encoder "

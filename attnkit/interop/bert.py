@@ -23,7 +23,6 @@ Like the rest of :mod:`attnkit.interop`, only JSON and safetensors are read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from attnkit.checkpoint import model_state, write_json
 from attnkit.config import DataConfig, EncoderConfig, RunConfig
 from attnkit.errors import AttnkitError
 from attnkit.interop.decoder import ConfigReader
-from attnkit.interop.io import HFWeights, atomic_dir, read_hf_config
+from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config
 from attnkit.interop.keymap import KeyMap, MissingTensor, Shapes, entry, export_tensors, import_tensors
 
 
@@ -174,19 +173,6 @@ def encoder_config_out(cfg: EncoderConfig, head: str = "base", labels: list[str]
 
 
 # --- import --------------------------------------------------------------------------------------
-def is_hf_bert_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a Hugging Face BERT folder: ``config.json`` with model_type bert,
-    and no ``checkpoints/`` (which would make it an attnkit run)."""
-    path = Path(path)
-    if not path.is_dir() or (path / "checkpoints").exists():
-        return False
-    try:
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "bert"
-
-
 def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
     """Import a Hugging Face BERT folder as an :class:`~attnkit.models.Encoder` in eval mode.
 
@@ -196,7 +182,6 @@ def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
     """
     from attnkit.checkpoint import resolve_device
     from attnkit.models.encoder import Encoder
-    from attnkit.tokenizers import load_tokenizer
 
     folder = Path(path)
     data = read_hf_config(folder)
@@ -232,9 +217,7 @@ def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
                                    f"config.json)")
     model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False)
     model.to(resolve_device(device)).eval()
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(folder / "tokenizer.json")
+    tokenizer = folder_tokenizer(folder)
     model.tokenizer = tokenizer
     model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve())))
     id2label = data.get("id2label") or {}
