@@ -25,7 +25,7 @@ from attnkit.checkpoint import model_state, save_checkpoint, write_json
 from attnkit.config import DataConfig, RunConfig
 from attnkit.errors import AttnkitError
 from attnkit.interop.decoder import ARCHITECTURES, Architecture, ConfigReader, export_architecture
-from attnkit.interop.io import HFWeights, atomic_dir, read_hf_config
+from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config
 from attnkit.interop.keymap import MissingTensor, Shapes, export_tensors, import_tensors
 
 __all__ = ["ARCHITECTURES", "from_hf", "to_hf", "is_hf_dir", "convert_from_hf", "convert_to_hf"]
@@ -82,7 +82,6 @@ def from_hf(path: str | Path) -> nn.Module:
     ``model.run_config`` the :class:`~attnkit.config.RunConfig` a converted run records.
     """
     from attnkit.models import build_model
-    from attnkit.tokenizers import load_tokenizer
 
     folder = Path(path)
     data = read_hf_config(folder)
@@ -117,9 +116,7 @@ def from_hf(path: str | Path) -> nn.Module:
                            f"(report this as an attnkit bug)")
     model.load_state_dict(tensors, strict=False)
     model.eval()
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(folder / "tokenizer.json")
+    tokenizer = folder_tokenizer(folder)
     spec = "gpt2" if tokenizer is not None and tokenizer.kind == "gpt2" else str(folder.resolve())
     model.tokenizer = tokenizer
     model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=spec))

@@ -36,7 +36,7 @@ from attnkit.checkpoint import model_state, write_json
 from attnkit.config import DataConfig, RunConfig, Seq2SeqConfig
 from attnkit.errors import AttnkitError
 from attnkit.interop.decoder import ConfigReader
-from attnkit.interop.io import HFWeights, atomic_dir, read_hf_config
+from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config
 from attnkit.interop.keymap import KeyMap, MissingTensor, Shapes, entry, export_tensors, import_tensors
 from attnkit.nn.ffn import ffn_hidden_size
 
@@ -209,7 +209,6 @@ def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
     """
     from attnkit.checkpoint import resolve_device
     from attnkit.models.seq2seq import Seq2Seq
-    from attnkit.tokenizers import load_tokenizer
 
     folder = Path(path)
     data = read_hf_config(folder)
@@ -275,9 +274,7 @@ def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
                            f"attnkit bug)")
     model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False)
     model.to(resolve_device(device)).eval()
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(folder / "tokenizer.json")
+    tokenizer = folder_tokenizer(folder)
     model.tokenizer = tokenizer
     model.token_ids = token_ids_in(data)
     model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve())))

@@ -167,3 +167,11 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def folder_tokenizer(folder: Path):
+    """The tokenizer of a Hugging Face model folder (its ``tokenizer.json``), or None."""
+    from attnkit.tokenizers import load_tokenizer
+
+    path = folder / "tokenizer.json"
+    return load_tokenizer(path) if path.is_file() else None
