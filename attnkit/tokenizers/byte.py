@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnkit.errors import AttnkitError
-from attnkit.tokenizers.specials import check_specials, missing, spelling
+from attnkit.tokenizers.specials import check_ids, check_specials, missing, spelling
 
 
 def check_utf8_encodable(text: str, what: str) -> None:
@@ -104,14 +104,7 @@ class ByteTokenizer:
 
         Special tokens are dropped, or with ``skip_special=False`` written ``<|name|>``.
         """
-        ids = [int(i) for i in ids]
-        n = self.vocab_size
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise AttnkitError(
-                f"token id {bad} is out of range for the byte tokenizer (vocab_size {n}) "
-                "(use the tokenizer.json saved with the checkpoint)"
-            )
+        ids = check_ids(ids, self.vocab_size, "byte")
         if max(ids, default=0) < 256:
             return bytes(ids).decode("utf-8", errors="replace")
         # Decode each run of bytes on its own, so a special token splits the text there.

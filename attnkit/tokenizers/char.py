@@ -9,7 +9,7 @@ from typing import Any
 
 from attnkit.errors import AttnkitError
 from attnkit.tokenizers.byte import write_text_atomic
-from attnkit.tokenizers.specials import check_specials, missing, spelling
+from attnkit.tokenizers.specials import check_ids, check_specials, missing, spelling
 
 # How many unseen characters an error message lists before summarising the rest.
 _MAX_LISTED = 10
@@ -109,15 +109,7 @@ class CharTokenizer:
 
         Special tokens are dropped, or with ``skip_special=False`` written ``<|name|>``.
         """
-        ids = [int(i) for i in ids]
-        n = self.vocab_size
-        # Checked explicitly because Python would silently accept negative indices.
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise AttnkitError(
-                f"token id {bad} is out of range for the char tokenizer (vocab_size {n}) "
-                "(use the tokenizer.json saved with the checkpoint)"
-            )
+        ids = check_ids(ids, self.vocab_size, "char")
         chars = self._chars
         if max(ids, default=-1) < len(chars):  # the common case: no special tokens
             return "".join([chars[i] for i in ids])

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from attnkit.errors import AttnkitError
 from attnkit.tokenizers.byte import check_utf8_encodable, write_text_atomic
-from attnkit.tokenizers.specials import check_specials, missing, specials_from_added, spelling
+from attnkit.tokenizers.specials import check_ids, check_specials, missing, specials_from_added, spelling
 
 
 class HFBackedTokenizer:
@@ -65,14 +65,7 @@ class HFBackedTokenizer:
         Ids outside ``[0, vocab_size)`` raise :class:`AttnkitError` (the library
         would silently drop them).
         """
-        ids = [int(i) for i in ids]
-        n = self.vocab_size
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise AttnkitError(
-                f"token id {bad} is out of range for the {self.kind} tokenizer (vocab_size {n}) "
-                "(use the tokenizer.json saved with the checkpoint)"
-            )
+        ids = check_ids(ids, self.vocab_size, self.kind)
         return self._tok.decode(ids, skip_special_tokens=skip_special)
 
     def with_specials(self, specials: Sequence[str]):

@@ -81,3 +81,14 @@ def names_of_ids(specials: dict[str, int]) -> dict[int, str]:
 def missing(specials: Sequence[str], present: dict[str, int]) -> tuple[str, ...]:
     """The requested names a tokenizer does not have yet."""
     return tuple(n for n in specials if n not in present)
+
+
+def check_ids(ids: Sequence[int], vocab_size: int, kind: str) -> list[int]:
+    """``ids`` as ints, or :class:`AttnkitError` naming the first outside ``[0, vocab_size)``
+    (checked explicitly: Python lists accept negative indices, and the HF library drops bad ids)."""
+    ids = [int(i) for i in ids]
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise AttnkitError(f"token id {bad} is out of range for the {kind} tokenizer "
+                           f"(vocab_size {vocab_size}) (use the tokenizer.json saved with the checkpoint)")
+    return ids
