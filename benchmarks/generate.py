@@ -4,12 +4,16 @@ very same weights (exported with ``attnkit.interop.to_hf``), at batch 1 and batc
 Each row generates ``--tokens`` new tokens after a short random prompt (all prompts of one
 length, so neither side pads); tokens/s counts new tokens over all rows, prefill included,
 best of ``--repeats`` runs after one warm-up run. The script also reports whether both
-produced the same tokens.
+produced the same tokens, and, at batch 1, each side's share of the memory-bandwidth bound:
+a decode step must read every weight and the KV cache once, so tokens/s cannot exceed the
+machine's measured copy bandwidth (bytes copied per second, measured first) divided by
+those bytes. Results also go to ``benchmarks/results/generate.json``.
 
     python benchmarks/generate.py [--sizes tiny gpt2-124m] [--tokens 32] [--batches 1 8]
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +52,24 @@ def timed(repeats: int, fn, *args) -> tuple[float, list[list[int]]]:
     return best, result
 
 
+def copy_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """Bytes per second that ``Tensor.copy_`` moves through memory (best of ``repeats``)."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(1, dst.copy_, src)[0] for _ in range(repeats))
+    return src.numel() * 4 / best
+
+
+def bound_tokens_per_s(model: Decoder, prompt_len: int, new: int, bandwidth: float) -> float:
+    """Batch-1 decode ceiling: weights plus the average KV cache read once per token."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.cfg
+    per_token_cache = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_size * 4  # k and v, fp32
+    cache = per_token_cache * (prompt_len + new / 2)
+    return bandwidth / (weights + cache)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "gpt2-124m"])
@@ -65,9 +87,13 @@ def main() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    bandwidth = copy_bandwidth()
     print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'model':<12} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} {'ratio':>7}  same")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"{'model':<12} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} {'ratio':>7}  same"
+          f"  {'bound tok/s':>11} {'attnkit':>8} {'HF':>6}")
+    rows = []
     for size in args.sizes:
         torch.manual_seed(0)
         cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": args.vocab_size}))
@@ -82,8 +108,24 @@ def main() -> None:
             t_ours, ours = timed(args.repeats, attnkit_generate, model, prompts, args.tokens)
             t_hf, ref = timed(args.repeats, hf_generate, hf, prompts, args.tokens)
             n = batch * args.tokens
-            print(f"{size:<12} {batch:>5} {n / t_ours:>14.1f} {n / t_hf:>10.1f} "
-                  f"{t_hf / t_ours:>6.2f}x  {'yes' if ours == ref else 'no'}")
+            row = {"size": size, "vocab_size": args.vocab_size, "batch": batch,
+                   "new_tokens": args.tokens, "attnkit_tokens_per_s": round(n / t_ours, 1),
+                   "hf_tokens_per_s": round(n / t_hf, 1), "ratio": round(t_hf / t_ours, 3),
+                   "same_tokens": ours == ref}
+            line = (f"{size:<12} {batch:>5} {n / t_ours:>14.1f} {n / t_hf:>10.1f} "
+                    f"{t_hf / t_ours:>6.2f}x  {'yes' if ours == ref else 'no ':<4}")
+            if batch == 1:
+                bound = bound_tokens_per_s(model, args.prompt_len, args.tokens, bandwidth)
+                row["bound_tokens_per_s"] = round(bound, 1)
+                line += f" {bound:>11.1f} {n / t_ours / bound:>7.0%} {n / t_hf / bound:>6.0%}"
+            print(line)
+            rows.append(row)
+    out = Path(__file__).parent / "results" / "generate.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                               "rows": rows}, indent=2) + "\n")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

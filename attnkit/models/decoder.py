@@ -22,7 +22,7 @@ from attnkit.models.common import (
     make_rope,
     scale_residual_projections,
 )
-from attnkit.nn import KVCache
+from attnkit.nn import KVCache, OutputHead
 from attnkit.nn.positional import LearnedPositional
 
 
@@ -37,7 +37,7 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = make_blocks(cfg, cfg.n_layers, causal=True, rope=make_rope(cfg))
         self.final_norm = make_final_norm(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = OutputHead(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:  # Press & Wolf (2017); the 2017 paper shares them too
             self.lm_head.weight = self.tok_emb.weight
         self.apply(lambda m: init_weights(m, cfg.init_std))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import LSTMConfig
+from attnkit.nn import OutputHead
 
 
 class LSTMState:
@@ -41,7 +42,7 @@ class LSTMLanguageModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layers, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = OutputHead(cfg.d_model, cfg.vocab_size, bias=False)
         nn.init.normal_(self.tok_emb.weight, std=cfg.init_std)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

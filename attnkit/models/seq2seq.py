@@ -40,7 +40,7 @@ from attnkit.models.common import (
     scale_residual_projections,
 )
 from attnkit.models.common import make_norm as make_norm_for
-from attnkit.nn import Attention
+from attnkit.nn import Attention, OutputHead
 from attnkit.nn.cross_attention import CrossAttention, EncoderDecoderCache
 from attnkit.nn.positional import LearnedPositional
 
@@ -145,7 +145,7 @@ class Seq2Seq(nn.Module):
         pre = cfg.norm_position == "pre"
         self.encoder_norm = make_norm() if pre else nn.Identity()
         self.decoder_norm = make_norm() if pre else nn.Identity()
-        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        self.lm_head = OutputHead(C, cfg.vocab_size, bias=False)
         self.apply(lambda m: init_weights(m, cfg.init_std))
         for stack, depth in ((self.encoder, cfg.n_encoder_layers), (self.decoder, cfg.n_decoder_layers)):
             scale_residual_projections(stack, cfg.init_std, depth)  # GPT-2's scaling, per stack

@@ -1,0 +1,36 @@
+"""The output projection (hidden state -> vocabulary logits), with a fast path for decoding.
+
+``nn.Linear`` keeps its weight as (V, C). On a CPU, a matrix-vector product streams
+that layout ~1.6x slower than the same product against a (C, V) copy (measured on
+this project's 2-core machines: 8.8 ms against 5.4 ms for GPT-2's 50257 x 768 head),
+and during batch-1 decoding the output layer is the largest single read of the step.
+So when few rows are projected under ``torch.inference_mode`` on a CPU, the head uses a
+transposed copy of its weight, made once and rebuilt whenever the weight changes (its
+version counter moves on every in-place update: optimizer steps, ``load_state_dict``).
+The copy costs one more V x C matrix of memory while a model is decoding; training and
+every other device use the plain ``nn.Linear`` path. The result is the same product.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FAST_ROWS = 8  # batch x new tokens at or below which the transposed copy is used
+
+
+class OutputHead(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) with the decode fast path."""
+
+    _transposed: tuple[int, int, torch.Tensor] | None = None  # (data_ptr, version, weight.T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if (rows > FAST_ROWS or self.bias is not None or x.device.type != "cpu"
+                or not torch.is_inference_mode_enabled()):
+            return F.linear(x, self.weight, self.bias)
+        w = self.weight
+        key = (w.data_ptr(), w._version)
+        if self._transposed is None or self._transposed[:2] != key or \
+                self._transposed[2].dtype != w.dtype:
+            self._transposed = (*key, w.detach().t().contiguous())
+        return x @ self._transposed[2]  # (..., C) @ (C, V)
