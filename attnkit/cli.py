@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="BPE vocabulary size (same as --data.vocab_size=N)")
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the model (same as --train.compile=true)")
+    train.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"],
+                       help="data parallelism under torchrun: ddp (the default with several "
+                            "processes) or fsdp (sharded weights, gradients and optimizer); "
+                            "same as --train.parallel=X (see docs/distributed.md)")
     train.add_argument("--no-samples", action="store_true",
                        help="skip the samples printed at the end")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -130,15 +135,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from attnkit.train import Trainer
+    from attnkit.train.distributed import teardown
+
+    try:
+        cfg, run_dir, resume = _train_config(args, extra)
+    except AttnkitError:
+        if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank finds the same
+            raise SystemExit(2) from None  # fault in the config, and rank 0 says it once
+        raise
+    try:  # under torchrun: one process per rank, and only rank 0 prints
+        trainer = Trainer(cfg, run_dir, resume=resume, log=print)
+        say = print if trainer.dist.is_main else (lambda *_: None)
+        summary = trainer.run()
+        say(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f}, "
+            f"{summary['wall_s']:.0f}s, {summary['tokens_per_s'] / 1000:.1f}k tokens/s, "
+            f"peak memory {summary['peak_rss_mb']:.0f} MB -> {trainer.run_dir}")
+        if summary["interrupted"]:
+            return 0
+        if not args.no_samples and cfg.train.samples > 0:
+            for i, text in enumerate(trainer.samples(cfg.train.samples, cfg.train.sample_tokens)):
+                say(f"--- sample {i + 1} ---")
+                say(text)
+            say("---")
+        say(NEXT_STEP[cfg.model.family].format(run=trainer.run_dir))
+        return 0
+    finally:
+        teardown()
+
+
+def _train_config(args: argparse.Namespace, extra: list[str]):
+    """The run's resolved config, its directory, and whether it resumes."""
     from attnkit.checkpoint import read_run_config
     from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
-    from attnkit.train import Trainer
 
     overrides = parse_overrides(extra)
     if args.vocab_size is not None:
         overrides["data.vocab_size"] = str(args.vocab_size)
     if args.compile:
         overrides["train.compile"] = "true"
+    if args.parallel:
+        overrides["train.parallel"] = args.parallel
     if args.resume:
         if args.recipe or args.out:
             raise AttnkitError("--resume continues an existing run; drop the recipe and --out")
@@ -147,34 +184,18 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             raise AttnkitError(f"cannot change '{bad[0]}' when resuming (only --train.* "
                                f"overrides apply to a resumed run)")
         cfg = config_from_dict(apply_overrides(read_run_config(args.resume), overrides))
-        run_dir = args.resume
-        resume = True
-    else:
-        if args.recipe and "=" in args.recipe:
-            raise AttnkitError(f"cannot parse '{args.recipe}': overrides start with two dashes "
-                               f"(e.g. --{args.recipe})")
-        data = load_recipe(args.recipe) if args.recipe else {}
-        cfg = config_from_dict(apply_overrides(data, overrides))
-        run_dir = args.out or _fresh_run_dir(Path(args.recipe).stem if args.recipe
-                                             else DEFAULT_RUN_NAME)
-        if args.out and (args.out / "checkpoints").exists():
-            raise AttnkitError(f"{args.out} already holds a run (continue it with --resume "
-                               f"{args.out}, or choose another --out)")
-        resume = False
-    trainer = Trainer(cfg, run_dir, resume=resume, log=print)
-    summary = trainer.run()
-    print(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f}, "
-          f"{summary['wall_s']:.0f}s, {summary['tokens_per_s'] / 1000:.1f}k tokens/s, "
-          f"peak memory {summary['peak_rss_mb']:.0f} MB -> {run_dir}")
-    if summary["interrupted"]:
-        return 0
-    if not args.no_samples and cfg.train.samples > 0:
-        for i, text in enumerate(trainer.samples(cfg.train.samples, cfg.train.sample_tokens)):
-            print(f"--- sample {i + 1} ---")
-            print(text)
-        print("---")
-    print(NEXT_STEP[cfg.model.family].format(run=run_dir))
-    return 0
+        return cfg, args.resume, True
+    if args.recipe and "=" in args.recipe:
+        raise AttnkitError(f"cannot parse '{args.recipe}': overrides start with two dashes "
+                           f"(e.g. --{args.recipe})")
+    data = load_recipe(args.recipe) if args.recipe else {}
+    cfg = config_from_dict(apply_overrides(data, overrides))
+    run_dir = args.out or _fresh_run_dir(Path(args.recipe).stem if args.recipe
+                                         else DEFAULT_RUN_NAME)
+    if args.out and (args.out / "checkpoints").exists():
+        raise AttnkitError(f"{args.out} already holds a run (continue it with --resume "
+                           f"{args.out}, or choose another --out)")
+    return cfg, run_dir, False
 
 
 NEXT_STEP = {
@@ -314,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the file system said no (permissions, a full disk, a file in the way)
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where} (check the path, its permissions and the free "
+              f"disk space)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -190,7 +191,8 @@ FAMILY_TASKS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop. ``batch_size`` is sequences per optimizer step."""
+    """The optimisation loop. ``batch_size`` is sequences per optimizer step, summed over all
+    ranks of a distributed run (each takes ``batch_size / world_size``)."""
 
     steps: int = 1500  # the default run: ~5 minutes on 2 CPU cores
     batch_size: int = 32
@@ -211,6 +213,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # Data parallelism under torchrun (docs/distributed.md). auto: ddp when WORLD_SIZE > 1.
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory
     samples: int = 3  # samples printed at the end of training
     sample_tokens: int = 200
 
@@ -292,9 +297,10 @@ def all_keys() -> list[str]:
 def _unknown(key: str) -> AttnkitError:
     leaf = key.split(".")[-1]
     candidates = all_keys() + list(SECTIONS)
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    if not close:  # the leaf alone in another section, e.g. train.context_length
-        close = [k for k in all_keys() if k.split(".")[-1] == leaf][:1]
+    # the exact leaf in another section first (train.d_model -> model.d_model, not train.lr)
+    close = [k for k in all_keys() if k.split(".")[-1] == leaf and "." in key][:1]
+    if not close:
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if not close:
         close = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in all_keys()], n=1)
         close = [k for k in all_keys() if close and k.endswith("." + close[0])][:1]
@@ -350,14 +356,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return int(value)
         raise AttnkitError(f"{key} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise AttnkitError(f"{key} must be a number, got {value!r}")
+        if number is None:
+            raise AttnkitError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(number):  # nan or inf never make sense as a knob, and poison training
+            raise AttnkitError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -392,7 +401,7 @@ def expand_presets(model: dict[str, Any]) -> dict[str, Any]:
         name = model.get(kind)
         if name is None:
             continue
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             close = difflib.get_close_matches(str(name), list(table), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise AttnkitError(f"unknown model.{kind} '{name}'; choose from "
@@ -416,7 +425,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         _check_section(section, body)
     model = dict(data.get("model") or {})
     family = model.get("family", "decoder")
-    if family not in FAMILY_CONFIGS:
+    if not isinstance(family, str) or family not in FAMILY_CONFIGS:
         close = difflib.get_close_matches(str(family), list(FAMILY_CONFIGS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise AttnkitError(f"model.family must be one of {', '.join(FAMILY_CONFIGS)}, got "

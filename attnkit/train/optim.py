@@ -16,8 +16,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel updates every tensor in one pass; on a CPU it makes the optimizer step
+    # ~5x faster than the default per-tensor loop (benchmarks/train.py).
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=device_type == "cuda")
+                             fused=device_type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
