@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,15 @@ KEEP = 3  # complete checkpoints kept per run
 
 def _fsync_write(path: Path, data: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -66,13 +72,14 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
                     state: dict[str, Any], extra_tensors: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step-{state['step']}`` completely, then point ``latest`` at it."""
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:06d}"
     tmp = ckpt_root / f".tmp-{name}"
+    aside = ckpt_root / f".old-{name}"  # a checkpoint of the same step, set aside until replaced
     final = ckpt_root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         save_file(model_state(model), str(tmp / "model.safetensors"))
         if optimizer is not None:
             torch.save({"optimizer": optimizer.state_dict(), **(extra_tensors or {})},
@@ -84,14 +91,20 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # set aside, not deleted: a failure below puts it back
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(tmp, final)
         _fsync_write(ckpt_root / "latest", name + "\n")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and final.exists():  # replaced; only ``latest`` failed
+            shutil.rmtree(aside, ignore_errors=True)
+        elif aside.exists():  # put the set-aside checkpoint back
+            os.replace(aside, final)
         raise AttnkitError(f"could not write checkpoint in {ckpt_root}: {e.strerror or e} "
                            f"(free disk space or choose another --out)") from None
+    shutil.rmtree(aside, ignore_errors=True)
     for old in sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -99,19 +112,35 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 
 def latest_checkpoint(run_dir: Path) -> Path:
     """The newest complete checkpoint folder of ``run_dir``, or a clear error."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AttnkitError(f"run directory not found: {run_dir} (train one with `attnkit train "
-                           f"--out {run_dir}`)")
+    run_dir = check_run_dir(run_dir)
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         raise AttnkitError(f"{run_dir} holds no checkpoint (train with `attnkit train --out "
                            f"{run_dir}`, or point at a run directory that finished a checkpoint)")
-    ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (ckpt / "model.safetensors").is_file():
-        raise AttnkitError(f"checkpoint {ckpt} named by {pointer} is missing (the run directory "
-                           f"is damaged; restore it or train again)")
+    name = pointer.read_bytes()[:200].decode("utf-8", "replace").strip()
+    ckpt = run_dir / "checkpoints" / name
+    # ``latest`` holds one folder name beside it; anything else (empty, a path, garbage) is damage
+    if not name or name != Path(name).name or name.startswith(".") or \
+            not (ckpt / "model.safetensors").is_file():
+        found = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")
+                       if (p / "model.safetensors").is_file())
+        fix = (f"write the name of a complete checkpoint, e.g. {found[-1]}, into it" if found
+               else "restore the run directory or train again")
+        raise AttnkitError(f"{pointer} names {name!r}, which is not a complete checkpoint "
+                           f"(the run directory is damaged; {fix})")
     return ckpt
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a clear error when it is missing or not a folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise AttnkitError(f"run directory not found: {run_dir} (train one with `attnkit train "
+                           f"--out {run_dir}`)")
+    if not run_dir.is_dir():
+        raise AttnkitError(f"{run_dir} is a file, not a run directory (point at the folder "
+                           f"`attnkit train --out` wrote)")
+    return run_dir
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -124,14 +153,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
     unexpected = [k for k in tensors if k not in expected]
+    saved = Path(path).parent / "config.json"  # the config the weights were saved with
+    fix = (f"config.json does not describe these weights; copy {saved} over it" if saved.is_file()
+           else "the checkpoint and config.json disagree")
     if missing or unexpected:
         raise AttnkitError(f"weights in {path} do not fit this architecture (missing "
-                           f"{missing[:3]}, unexpected {unexpected[:3]}); the checkpoint and "
-                           f"config.json disagree")
+                           f"{missing[:3]}, unexpected {unexpected[:3]}); {fix}")
     for k, t in tensors.items():
         if t.shape != expected[k].shape:
+            if k.startswith("pos_emb") and t.shape[1:] == expected[k].shape[1:]:
+                fix = (f"the learned position table holds {t.shape[0]} positions but the config "
+                       f"asks for context_length {expected[k].shape[0]}; {fix}")
             raise AttnkitError(f"weights in {path} do not fit this architecture: {k} has shape "
-                               f"{tuple(t.shape)}, the model expects {tuple(expected[k].shape)}")
+                               f"{tuple(t.shape)}, the model expects {tuple(expected[k].shape)} "
+                               f"({fix})")
     model.load_state_dict(tensors, strict=False)
 
 
@@ -142,31 +177,93 @@ def _is_tied(model: nn.Module, key: str) -> bool:
 
 
 def load_training_state(ckpt: Path) -> dict[str, Any]:
-    """The optimizer state and RNG states saved beside the weights (no code is unpickled)."""
+    """The optimizer state and RNG states saved beside the weights (no code is unpickled).
+
+    ``state.json`` is checked first, so a checkpoint that cannot be resumed is refused before
+    anything is restored."""
+    read_checkpoint_state(ckpt)
+    path = ckpt / "optimizer.pt"
     try:
-        return torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AttnkitError(f"{ckpt} has no optimizer.pt, so it cannot be resumed "
                            f"(it can still be sampled)") from None
-    except Exception as e:  # noqa: BLE001 - an unpickling refusal or a truncated file
-        raise AttnkitError(f"refusing to load {ckpt / 'optimizer.pt'}: "
-                           f"{str(e).splitlines()[0][:160]} (the file is corrupt or not an "
-                           f"attnkit checkpoint)") from None
+    except pickle.UnpicklingError:
+        # weights_only=True refused an object that is not tensors or plain data: loading it
+        # could run code. Never suggest weights_only=False (torch's own message does).
+        raise AttnkitError(f"refusing to load {path}: it holds pickled objects other than "
+                           f"tensors (loading it could run code; it is not an attnkit "
+                           f"checkpoint, so restore the file or resume from another run)") from None
+    except Exception:  # noqa: BLE001 - a truncated or otherwise unreadable file
+        raise AttnkitError(f"cannot read {path}: the file is truncated or corrupt (restore it "
+                           f"or resume from an earlier checkpoint)") from None
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise AttnkitError(f"{path} holds no optimizer state (it is not an attnkit checkpoint; "
+                           f"restore the file)")
+    return state
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
+    """The run's ``config.json`` as a dict (JSON only: nothing in it is executed)."""
+    path = check_run_dir(run_dir) / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AttnkitError(f"{run_dir} has no config.json (not an attnkit run directory)") from None
     except json.JSONDecodeError as e:
         raise AttnkitError(f"{path} is not valid JSON (line {e.lineno}); the run directory "
                            f"is damaged") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise AttnkitError(f"cannot read {path}: {getattr(e, 'strerror', None) or getattr(e, 'reason', e)} "
+                           f"(the run directory is damaged; restore config.json)") from None
+    if not isinstance(data, dict):
+        raise AttnkitError(f"{path} must hold a JSON object of sections (model, train, data), got "
+                           f"{type(data).__name__}; the run directory is damaged")
+    return data
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (``step``, ``elapsed_s``), validated."""
+    path = Path(ckpt) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AttnkitError(f"{ckpt} has no state.json, so it cannot be resumed (it can still be "
+                           f"sampled)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise AttnkitError(f"{path} is not valid JSON, so the checkpoint cannot be resumed (the "
+                           f"file is corrupt; restore it or resume from an earlier checkpoint)") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise AttnkitError(f"{path} has no step count, so the checkpoint cannot be resumed (the "
+                           f"file is corrupt; restore it or resume from an earlier checkpoint)")
+    return state
+
+
+def check_tokenizer_matches(run_dir: Path, ckpt: Path) -> None:
+    """Refuse a run whose ``tokenizer.json`` is not the one its checkpoint was trained with
+    (the copy saved inside the checkpoint), e.g. one copied in from another run: ids would
+    silently mean other text."""
+    saved, current = Path(ckpt) / "tokenizer.json", Path(run_dir) / "tokenizer.json"
+    if not saved.is_file() or not current.is_file():
+        return  # older checkpoints and tokenizer-less imports carry no copy
+    a, b = saved.read_bytes(), current.read_bytes()
+    if a == b:
+        return
+    try:
+        if json.loads(a) == json.loads(b):  # the same tokenizer, re-serialised
+            return
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    raise AttnkitError(f"{current} is not the tokenizer {ckpt.name} was trained with (a "
+                       f"tokenizer from another run?); copy {saved} over it")
+
+
+def resolve_device(name: str = "auto", option: str = "--train.device") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist. ``option`` is
+    the command-line flag that set ``name``, for the error message."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -179,7 +276,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise AttnkitError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AttnkitError(f"device '{name}' was asked for but CUDA is not available "
-                           f"(use --train.device=cpu or auto)")
+                           f"(use {option}=cpu or auto)")
     if device.type == "cuda" and device.index is not None and \
             device.index >= torch.cuda.device_count():
         raise AttnkitError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA "
@@ -187,7 +284,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None)
                                      and torch.backends.mps.is_available()):
         raise AttnkitError(f"device '{name}' was asked for but MPS is not available "
-                           f"(use --train.device=cpu or auto)")
+                           f"(use {option}=cpu or auto)")
     return device
 
 
@@ -203,16 +300,17 @@ def load(run_dir: str | Path, device: str = "auto") -> nn.Module:
 
     run_dir = Path(run_dir)
     if is_hf_dir(run_dir):  # a Hugging Face folder: convert on the fly
-        return from_hf(run_dir).to(resolve_device(device)).eval()
+        return from_hf(run_dir).to(resolve_device(device, "--device")).eval()
     ckpt = latest_checkpoint(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    check_tokenizer_matches(run_dir, ckpt)
     if tokenizer.vocab_size > cfg.model.vocab_size:  # a padded embedding table is fine
         raise AttnkitError(f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the "
                            f"model expects {cfg.model.vocab_size} (tokenizer from another run?)")
     model = build_model(cfg.model)
     load_weights(model, ckpt / "model.safetensors")
-    model.to(resolve_device(device)).eval()
+    model.to(resolve_device(device, "--device")).eval()
     model.tokenizer = tokenizer
     model.run_config = cfg
     labels = run_dir / "labels.json"  # a classification run's label names, in id order

@@ -47,7 +47,7 @@ def load_seq2seq(run_dir: Path, device: str, command: str):
     import attnkit
     from attnkit.checkpoint import read_run_config
 
-    if not Path(run_dir).is_dir():
+    if not Path(run_dir).exists():  # a file in the way is named by read_run_config
         raise AttnkitError(f"run directory not found: {run_dir} (train one with `attnkit train "
                            f"seq2seq-reverse`)")
     family = (read_run_config(run_dir).get("model") or {}).get("family", "decoder")
