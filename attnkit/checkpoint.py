@@ -35,7 +35,7 @@ from torch import nn
 
 from attnkit.errors import AttnkitError
 
-KEEP = 3  # complete checkpoints kept per run
+KEEP = 3  # complete checkpoints kept per run, unless train.keep_checkpoints says otherwise
 
 
 def _fsync_write(path: Path, data: str) -> None:
@@ -69,7 +69,8 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any], extra_tensors: dict[str, Any] | None = None) -> Path:
+                    state: dict[str, Any], extra_tensors: dict[str, Any] | None = None,
+                    keep: int = KEEP) -> Path:
     """Write checkpoint ``step-{state['step']}`` completely, then point ``latest`` at it."""
     ckpt_root = run_dir / "checkpoints"
     name = f"step-{state['step']:06d}"
@@ -105,9 +106,14 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         raise AttnkitError(f"could not write checkpoint in {ckpt_root}: {e.strerror or e} "
                            f"(free disk space or choose another --out)") from None
     shutil.rmtree(aside, ignore_errors=True)
-    for old in sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(ckpt_root, keep)
     return final
+
+
+def prune_checkpoints(ckpt_root: Path, keep: int = KEEP) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (``latest`` is the newest)."""
+    for old in sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -256,7 +262,7 @@ def check_tokenizer_matches(run_dir: Path, ckpt: Path) -> None:
         if json.loads(a) == json.loads(b):  # the same tokenizer, re-serialised
             return
     except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
+        return  # damaged rather than foreign: the tokenizer loader says so
     raise AttnkitError(f"{current} is not the tokenizer {ckpt.name} was trained with (a "
                        f"tokenizer from another run?); copy {saved} over it")
 

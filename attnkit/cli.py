@@ -144,13 +144,16 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank finds the same
             raise SystemExit(2) from None  # fault in the config, and rank 0 says it once
         raise
+    fresh = not resume and not Path(run_dir).exists()
     try:  # under torchrun: one process per rank, and only rank 0 prints
         trainer = Trainer(cfg, run_dir, resume=resume, log=print)
         say = print if trainer.dist.is_main else (lambda *_: None)
         summary = trainer.run()
+        skipped = summary["skipped_steps"]
         say(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f}, "
             f"{summary['wall_s']:.0f}s, {summary['tokens_per_s'] / 1000:.1f}k tokens/s, "
-            f"peak memory {summary['peak_rss_mb']:.0f} MB -> {trainer.run_dir}")
+            f"peak memory {summary['peak_rss_mb']:.0f} MB"
+            f"{f', {skipped} updates skipped' if skipped else ''} -> {trainer.run_dir}")
         if summary["interrupted"]:
             return 0
         if not args.no_samples and cfg.train.samples > 0:
@@ -160,13 +163,26 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             say("---")
         say(NEXT_STEP[cfg.model.family].format(run=trainer.run_dir))
         return 0
+    except BaseException:
+        if fresh and os.environ.get("RANK", "0") in ("", "0"):
+            _remove_unfinished(Path(run_dir))
+        raise
     finally:
         teardown()
 
 
+def _remove_unfinished(run_dir: Path) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind (its directory
+    was created by this command; with a checkpoint it stays, to be resumed)."""
+    import shutil
+
+    if run_dir.is_dir() and not (run_dir / "checkpoints" / "latest").is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _train_config(args: argparse.Namespace, extra: list[str]):
     """The run's resolved config, its directory, and whether it resumes."""
-    from attnkit.checkpoint import read_run_config
+    from attnkit.checkpoint import check_tokenizer_matches, latest_checkpoint, read_run_config
     from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
 
     overrides = parse_overrides(extra)
@@ -184,6 +200,7 @@ def _train_config(args: argparse.Namespace, extra: list[str]):
             raise AttnkitError(f"cannot change '{bad[0]}' when resuming (only --train.* "
                                f"overrides apply to a resumed run)")
         cfg = config_from_dict(apply_overrides(read_run_config(args.resume), overrides))
+        check_tokenizer_matches(args.resume, latest_checkpoint(args.resume))
         return cfg, args.resume, True
     if args.recipe and "=" in args.recipe:
         raise AttnkitError(f"cannot parse '{args.recipe}': overrides start with two dashes "

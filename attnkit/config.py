@@ -216,12 +216,18 @@ class TrainConfig:
     # Data parallelism under torchrun (docs/distributed.md). auto: ddp when WORLD_SIZE > 1.
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
+    keep_checkpoints: int = 3  # the newest K complete checkpoints are kept
+    # Guards (attnkit/train/guards.py): a non-finite loss or gradient skips the update; this
+    # many in a row stop the run. spike_zscore > 0 also skips updates whose loss is that many
+    # standard deviations above the recent mean.
+    max_bad_steps: int = 5
+    spike_zscore: float = 0.0
     samples: int = 3  # samples printed at the end of training
     sample_tokens: int = 200
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every",
-                     "log_every", "eval_batches"):
+                     "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise AttnkitError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
@@ -230,6 +236,9 @@ class TrainConfig:
                 f"{self.grad_accum} (each micro-batch must have the same size)")
         if self.lr <= 0:
             raise AttnkitError(f"train.lr must be positive, got {self.lr}")
+        if self.spike_zscore < 0:
+            raise AttnkitError(f"train.spike_zscore must be 0 (off) or positive, got "
+                               f"{self.spike_zscore}")
 
 
 @dataclass

@@ -49,13 +49,6 @@ def snapshot(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """One tiny char-level run on the built-in corpus, shared by the sample/load tests."""

@@ -27,7 +27,7 @@ from test_cli import TINY, cli, snapshot, write
 import attnkit.checkpoint
 from attnkit.tokenizers import train_tokenizer
 
-env, trained_run = test_cli.env, test_cli.trained_run  # fixtures shared with test_cli
+trained_run = test_cli.trained_run  # a fixture shared with test_cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 CKPT = "checkpoints/step-000003"  # the one checkpoint of test_cli's trained_run
@@ -309,7 +309,7 @@ DAMAGE = {
     "tokenizer of another run": (
         lambda r: train_tokenizer("byte", "x").save(r / "tokenizer.json"),
         ["run/tokenizer.json is not the tokenizer step-000003 was trained with"],
-        ["tokenizer"]),  # see docs/errors.md: resume names the symptom, not the cause
+        ["run/tokenizer.json is not the tokenizer step-000003 was trained with"]),
     "optimizer.pt missing": (lambda r: (r / CKPT / "optimizer.pt").unlink(), None,
                              ["has no optimizer.pt"]),
     "optimizer.pt truncated": (lambda r: _truncate(r / CKPT / "optimizer.pt"), None,

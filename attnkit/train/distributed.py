@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from attnkit.checkpoint import KEEP, load_weights, write_json
+from attnkit.checkpoint import KEEP, load_weights, prune_checkpoints, write_json
 from attnkit.config import TrainConfig
 from attnkit.errors import AttnkitError
 
@@ -335,7 +335,7 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def save_sharded(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 state: dict[str, Any], extra: dict[str, Any]) -> Path:
+                 state: dict[str, Any], extra: dict[str, Any], keep: int = KEEP) -> Path:
     """Write an FSDP checkpoint (see the module docstring) from every rank; collective."""
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
@@ -368,8 +368,7 @@ def save_sharded(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         pointer = root / ".latest.tmp"
         pointer.write_text(name + "\n")
         os.replace(pointer, root / "latest")
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(root, keep)
     dist.barrier()
     return final
 

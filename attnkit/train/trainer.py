@@ -32,6 +32,7 @@ from attnkit.config import RunConfig
 from attnkit.errors import AttnkitError
 from attnkit.models import build_model
 from attnkit.train import distributed
+from attnkit.train.guards import Guard
 from attnkit.train.optim import build_optimizer, lr_at
 from attnkit.train.progress import Progress
 from attnkit.train.tasks import build_task
@@ -96,6 +97,8 @@ class Trainer:
             torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
         self.step = 0
         self.elapsed = 0.0
+        self.guard = Guard(t.max_bad_steps, t.spike_zscore)
+        self.last_checkpoint: str | None = None
         if resume:
             self._restore()
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
@@ -158,6 +161,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         meta = json.loads((ckpt / "state.json").read_text())
         self.step, self.elapsed = meta["step"], meta.get("elapsed_s", 0.0)
+        self.guard.load_state_dict(meta.get("guard", {}))
+        self.last_checkpoint = ckpt.name
         self._restore_rng(state)
         if self.dist.is_main:
             self._truncate_metrics()
@@ -206,15 +211,21 @@ class Trainer:
             extra["rng_cpu_ranks"] = distributed.all_gather(extra["rng_cpu"])
             if self.device.type == "cuda":
                 extra["rng_cuda_ranks"] = distributed.all_gather(extra["rng_cuda"])
-        state = {"step": self.step, "elapsed_s": round(self.elapsed, 3)}
+        state = {"step": self.step, "elapsed_s": round(self.elapsed, 3),
+                 "guard": self.guard.state_dict()}
+        keep = self.cfg.train.keep_checkpoints
         if self.dist.mode == "fsdp":
-            return distributed.save_sharded(self.run_dir, self.model, self.optimizer, state, extra)
-        if self.dist.world == 1:
-            return save_checkpoint(self.run_dir, self.model, self.optimizer, state, extra)
-        if self.dist.is_main:  # ddp: the weights are the same on every rank
-            save_checkpoint(self.run_dir, self.model, self.optimizer, state, extra)
-        distributed.barrier()
-        return self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+            path = distributed.save_sharded(self.run_dir, self.model, self.optimizer, state,
+                                            extra, keep)
+        elif self.dist.world == 1:
+            path = save_checkpoint(self.run_dir, self.model, self.optimizer, state, extra, keep)
+        else:
+            if self.dist.is_main:  # ddp: the weights are the same on every rank
+                save_checkpoint(self.run_dir, self.model, self.optimizer, state, extra, keep)
+            distributed.barrier()
+            path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        self.last_checkpoint = path.name
+        return path
 
     # --- the loop --------------------------------------------------------------------------
     def autocast(self):
@@ -257,19 +268,32 @@ class Trainer:
                     _, loss = self.forward(**batch)
                 self.scaler.scale(loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
-        if t.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
         if self.dist.world > 1:  # the global mean loss, all tokens, and whether any rank must stop
             total, tokens, stop = distributed.all_reduce_sum(
                 [total, self.tokens_this_step, float(self._stop_requested)], self.device)
             total /= self.dist.world
             self.tokens_this_step, self._stop_agreed = int(tokens), stop > 0
+        self.skipped = self.guard.check(total, self._clip_gradients())
+        if self.skipped is None:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         return total
+
+    def _clip_gradients(self) -> float | None:
+        """Clip to ``train.grad_clip`` (if set) and return the gradient norm before clipping;
+        None under fp16 loss scaling, whose scaler skips non-finite gradients itself."""
+        self.scaler.unscale_(self.optimizer)
+        if self.precision == "fp16":
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            return None
+        limit = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+        if hasattr(norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
+            norm = norm.full_tensor()
+        return float(norm)
 
     def _should_stop(self) -> bool:
         return self._stop_agreed if self.dist.world > 1 else self._stop_requested
@@ -313,12 +337,19 @@ class Trainer:
                 now = self.tokens_this_step / dt
                 rate = now if rate == 0 else 0.9 * rate + 0.1 * now
                 progress.update(self.step, loss, rate)
-                record = {"step": self.step, "loss": round(loss, 5),
+                record = {"step": self.step,
+                          "loss": round(loss, 5) if math.isfinite(loss) else None,
                           "lr": float(f"{self.optimizer.param_groups[0]['lr']:.6g}"),
                           "tokens_per_s": round(rate, 1)}
-                if not math.isfinite(loss):
-                    raise AttnkitError(f"loss became {loss} at step {self.step} (lower "
-                                       f"--train.lr or raise --train.warmup_steps)")
+                if self.skipped:
+                    record["skipped"] = self.skipped
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    what = "a non-finite loss or gradient" if self.skipped == "non-finite" \
+                        else f"a loss spike ({loss:.4f})"
+                    progress.print(f"step {self.step}: skipped the update ({what}); "
+                                   f"{self.guard.total_skipped} skipped so far")
+                    self.guard.raise_if_hopeless(self.step, self.last_checkpoint, self.run_dir)
                 evaluate = self.step % t.eval_every == 0 or self.step == t.steps
                 if evaluate:
                     results = self.evaluate()
@@ -328,7 +359,7 @@ class Trainer:
                                     if k != "val_loss")
                     progress.print(f"step {self.step}: train loss {loss:.4f}, val loss "
                                    f"{val_loss:.4f}{extra}")
-                if evaluate or self.step % t.log_every == 0:
+                if (evaluate or self.step % t.log_every == 0) and not self.skipped:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if self.step % t.checkpoint_every == 0 or self.step == t.steps:
@@ -346,7 +377,7 @@ class Trainer:
         wall = time.perf_counter() - t_start
         summary = {"step": self.step, "val_loss": val_loss, "wall_s": round(wall, 1),
                    "tokens_per_s": round(tokens_done / max(wall, 1e-9), 1),
-                   "interrupted": self._should_stop()}
+                   "interrupted": self._should_stop(), "skipped_steps": self.guard.total_skipped}
         summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
         if self.device.type == "cuda":
             summary["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
