@@ -199,3 +199,22 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_then_resume(env, reference):
     assert final_weights(env / "run") == final_weights(reference)
     assert losses(env / "run") == losses(reference)
     assert before  # step 4 was complete and readable when the run resumed from it
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_save_a_checkpoint_and_exit_0(env, reference, signum):
+    proc = attnkit_process(env, "train", *RUN, "--train.steps=100000", "--out", "run")
+    latest = env / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not latest.is_file():
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    rc, out, err = finish(proc)
+    assert rc == 0, err
+    step = int((env / "run" / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert f"interrupted: checkpoint saved at step {step}" in err
+    assert "resume with `attnkit train --resume run`" in err
+    assert "Traceback" not in err
+    state = json.loads((env / "run" / "checkpoints" / f"step-{step:06d}" / "state.json").read_text())
+    assert state["step"] == step
+    assert [m["step"] for m in metrics(env / "run")][-1] <= step  # nothing logged past it
