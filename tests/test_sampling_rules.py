@@ -239,8 +239,9 @@ def test_stop_string_ends_generation_and_is_not_emitted(tok):
     pieces = list(stream(Scripted("abcdefgh", tok), "a", 8, tokenizer=tok, temperature=0,
                          stop=["de"]))
     assert "".join(pieces) == "abc"
-    assert list(stream(Scripted("abcdefgh", tok), "a", 8, tokenizer=tok, temperature=0,
-                       details=True, stop=["de", "b"])) == [Chunk("a"), Chunk("", "stop")]
+    chunks = list(stream(Scripted("abcdefgh", tok), "a", 8, tokenizer=tok, temperature=0,
+                         details=True, stop=["de", "b"]))
+    assert chunks == [Chunk("a", None, 1), Chunk("", "stop", 2)]  # "b" was generated, then cut
 
 
 def test_stream_holds_back_a_possible_stop_string(tok):
@@ -256,7 +257,9 @@ def test_finish_reason_length(model, tok):
     assert all(c.finish_reason is None for c in chunks[:-1])
     text = "".join(c.text for c in chunks)
     assert text == attnkit.generate(model, "ab", 6, tokenizer=tok, seed=2)
-    assert list(stream(model, "ab", 0, tokenizer=tok, details=True)) == [Chunk("", "length")]
+    assert [c.tokens for c in chunks] == sorted(c.tokens for c in chunks)
+    assert chunks[-1].tokens == 6  # every generated id counted, for exact usage reports
+    assert list(stream(model, "ab", 0, tokenizer=tok, details=True)) == [Chunk("", "length", 0)]
 
 
 def test_stop_string_that_never_appears_changes_nothing(model, tok):

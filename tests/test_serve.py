@@ -259,3 +259,17 @@ def test_serve_command_rejects_bad_arguments(capsys):
     assert "--port" in capsys.readouterr().err
     assert main(["serve", "nowhere"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_usage_counts_the_models_tokens_not_re_encoded_text(tmp_path_factory):
+    """A byte-level model's tokens are UTF-8 bytes: a random model emits invalid sequences
+    whose decoded text re-encodes to other lengths. Usage must report what was generated."""
+    byte_model = attnkit.load(train(tmp_path_factory.mktemp("serve-byte"),
+                                    "--data.tokenizer=byte"), device="cpu")
+    with Server(create_app(byte_model, "bytes")) as s:
+        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", timeout=TIMEOUT, max_retries=0)
+        for seed in range(3):
+            r = c.completions.create(model="bytes", prompt="A", max_tokens=9, temperature=1.5,
+                                     seed=seed)
+            assert r.choices[0].finish_reason == "length"
+            assert r.usage.completion_tokens == 9 and r.usage.prompt_tokens == 1

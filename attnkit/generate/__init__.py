@@ -93,12 +93,15 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
 
 
 class Chunk(NamedTuple):
-    """One item of ``stream(..., details=True)``: a text piece and, on the last chunk only,
+    """One item of ``stream(..., details=True)``: a text piece; on the last chunk only,
     why generation ended: ``"stop"`` (a stop string was produced) or ``"length"``
-    (``max_new_tokens`` were generated). The last chunk's text may be empty."""
+    (``max_new_tokens`` were generated); and ``tokens``, how many token ids the model has
+    generated so far (the exact count for usage reports). The last chunk's text may be
+    empty."""
 
     text: str
     finish_reason: str | None = None
+    tokens: int = 0
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -155,7 +158,7 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
     emitted = 0
 
     def out(text: str, reason: str | None = None):
-        return Chunk(text, reason) if details else text
+        return Chunk(text, reason, len(new)) if details else text
 
     for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
@@ -170,7 +173,7 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
             if at > emitted and not details:
                 yield text[emitted:at]
             if details:
-                yield Chunk(text[emitted:at], "stop")
+                yield out(text[emitted:at], "stop")
             return
         safe = len(text) - _held_back(text, stops)
         if safe > emitted:
@@ -178,7 +181,7 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
             emitted = safe
     text = tokenizer.decode(new)
     if details:
-        yield Chunk(text[emitted:], "length")
+        yield out(text[emitted:], "length")
     elif len(text) > emitted:
         yield text[emitted:]
 

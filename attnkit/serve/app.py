@@ -106,8 +106,9 @@ class Generator:
         self.accepts = _stream_kwargs()
 
     async def pieces(self, prompt: str, max_tokens: int, params: dict[str, Any],
-                     request: Request | None = None) -> AsyncIterator[str]:
-        """Text pieces of the continuation; stops early when ``request`` disconnects."""
+                     request: Request | None = None) -> AsyncIterator[tuple[str, int]]:
+        """(text piece, tokens generated so far) of the continuation; stops early when
+        ``request`` disconnects."""
         from attnkit.generate import stream
 
         loop = asyncio.get_running_loop()
@@ -121,8 +122,8 @@ class Generator:
                 with self.lock:
                     if stop.is_set():
                         return
-                    for piece in stream(self.model, prompt, max_tokens, **kwargs):
-                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                    for chunk in stream(self.model, prompt, max_tokens, details=True, **kwargs):
+                        loop.call_soon_threadsafe(queue.put_nowait, (chunk.text, chunk.tokens))
                         if stop.is_set():
                             break
             except Exception as e:  # noqa: BLE001 - handed to the request
@@ -290,39 +291,32 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
                                 f"{context}", param=param, code="context_length_exceeded")
         return ids
 
-    def count(text: str) -> int:
-        try:
-            return len(tok.encode(text)) if text else 0
-        except AttnkitError:
-            return len(text)
-
     def require_generation() -> None:
         if not can_generate:
             raise ApiError(400, f"'{model_name}' is a {family} model, which does not continue "
                                 f"text", param="model", code="unsupported_model")
 
     async def complete(prompt: str, p: dict, request: Request, stops: list[str]
-                       ) -> AsyncIterator[tuple[str, str | None]]:
-        """(text piece, None) ... then ("", finish_reason)."""
+                       ) -> AsyncIterator[tuple[str, str | None, int]]:
+        """(text piece, None, tokens so far) ... then ("", finish_reason, tokens generated):
+        the token count is the model's own, so usage is exact whatever the tokenizer."""
         filt = StopFilter(stops)
-        produced = ""
-        async for piece in gen.pieces(prompt, p["max_tokens"], p, request):
-            produced += piece
+        tokens = 0
+        async for piece, tokens in gen.pieces(prompt, p["max_tokens"], p, request):
             out = filt.feed(piece)
             if out:
-                yield out, None
+                yield out, None, tokens
             if filt.stopped:
-                yield "", "stop"
+                yield "", "stop", tokens
                 return
         rest = filt.flush()
         if rest:
-            yield rest, None
-        yield "", ("length" if count(produced) >= p["max_tokens"] else "stop")
+            yield rest, None, tokens
+        yield "", ("length" if tokens >= p["max_tokens"] else "stop"), tokens
 
-    def usage(prompt_tokens: int, text: str) -> dict:
-        c = count(text)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": c,
-                "total_tokens": prompt_tokens + c}
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj)}\n\n"
@@ -370,22 +364,22 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
 
         if p["stream"]:
             async def events():
-                text = ""
+                tokens = 0
                 try:
-                    async for piece, finish in complete(prompt, p, request, p["stop"]):
-                        text += piece
+                    async for piece, finish, n in complete(prompt, p, request, p["stop"]):
+                        tokens = n
                         yield sse(chunk(piece, finish))
                 except ApiError as e:
                     yield sse({"error": json.loads(e.response().body)["error"]})
                 if p["include_usage"]:
-                    yield sse({**chunk("", None), "choices": [], "usage": usage(n_prompt, text)})
+                    yield sse({**chunk("", None), "choices": [], "usage": usage(n_prompt, tokens)})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        text, finish = "", None
-        async for piece, fin in complete(prompt, p, request, p["stop"]):
-            text, finish = text + piece, fin or finish
-        return {**chunk(text, finish), "usage": usage(n_prompt, text)}
+        text, finish, tokens = "", None, 0
+        async for piece, fin, n in complete(prompt, p, request, p["stop"]):
+            text, finish, tokens = text + piece, fin or finish, n
+        return {**chunk(text, finish), "usage": usage(n_prompt, tokens)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -415,25 +409,25 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
         if p["stream"]:
             async def events():
                 yield sse(chunk({"role": "assistant", "content": ""}, None))
-                text = ""
+                tokens = 0
                 try:
-                    async for piece, finish in complete(prompt, p, request, stops):
-                        text += piece
+                    async for piece, finish, n in complete(prompt, p, request, stops):
+                        tokens = n
                         yield sse(chunk({"content": piece} if piece else {}, finish))
                 except ApiError as e:
                     yield sse({"error": json.loads(e.response().body)["error"]})
                 if p["include_usage"]:
-                    yield sse({**chunk({}, None), "choices": [], "usage": usage(n_prompt, text)})
+                    yield sse({**chunk({}, None), "choices": [], "usage": usage(n_prompt, tokens)})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        text, finish = "", None
-        async for piece, fin in complete(prompt, p, request, stops):
-            text, finish = text + piece, fin or finish
+        text, finish, tokens = "", None, 0
+        async for piece, fin, n in complete(prompt, p, request, stops):
+            text, finish, tokens = text + piece, fin or finish, n
         return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": finish}],
-                "usage": usage(n_prompt, text)}
+                "usage": usage(n_prompt, tokens)}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
