@@ -322,6 +322,7 @@ COMMAND_MODULES: tuple[str, ...] = ("attnkit.commands.embed", "attnkit.commands.
 COMMAND_MODULES += ("attnkit.commands.translate", "attnkit.commands.eval")
 COMMAND_MODULES += ("attnkit.commands.serve",)
 COMMAND_MODULES += ("attnkit.commands.inspect",)
+COMMAND_MODULES += ("attnkit.commands.experiment",)
 
 
 def main(argv: list[str] | None = None) -> int:

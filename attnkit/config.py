@@ -111,6 +111,16 @@ class DecoderConfig(TransformerConfig):
     size: str | None = None  # a key of SIZES, applied under the explicit keys
     n_layers: int = 4
     tie_embeddings: bool = True
+    # Multiply token embeddings by sqrt(d_model), initialised at N(0, 1/d_model) so the
+    # product has unit scale - the scale of the sinusoids added to it (2017 paper, 3.4).
+    # None: on exactly when pos is sinusoidal; without it the fixed unit-size sinusoids
+    # drown the 0.02-scale token embeddings.
+    scale_embeddings: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scale_embeddings is None:
+            self.scale_embeddings = self.pos == "sinusoidal"
 
 
 ModelConfig = DecoderConfig  # the first family's config keeps its original name
@@ -251,6 +261,9 @@ class DataConfig:
     vocab_size: int = 2048  # for bpe only
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
     cache_dir: str | None = None  # token files; None: $ATTNKIT_CACHE or ~/.cache/attnkit/tokens
+    # task lm: score only the token right after each occurrence of this one-token marker
+    # (e.g. "=" in "question=answer" data); None scores every token
+    loss_after: str | None = None
 
     mlm_probability: float = 0.15  # task mlm: fraction of tokens masked (BERT)
 

@@ -9,6 +9,8 @@ Contract shared by every family: ``logits, loss = model(input_ids, targets=None)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +44,9 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.apply(lambda m: init_weights(m, cfg.init_std))
         scale_residual_projections(self, cfg.init_std, cfg.n_layers)
+        self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        if cfg.scale_embeddings:  # unit scale after the sqrt(d_model) factor (2017, 3.4)
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.d_model ** -0.5)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
@@ -81,6 +86,8 @@ class Decoder(nn.Module):
             raise ValueError(f"sequence of {last + 1} tokens exceeds the learned position "
                              f"table of {self.cfg.context_length}")
         x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.emb_scale != 1.0:
+            x = x * self.emb_scale
         if self.pos_emb is not None:
             pos = torch.arange(start, start + T, device=input_ids.device) if positions is None \
                 else positions

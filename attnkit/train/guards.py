@@ -21,6 +21,10 @@ from typing import Any
 from attnkit.errors import AttnkitError
 
 
+class TrainingDiverged(AttnkitError):
+    """Raised when ``max_bad_steps`` steps in a row were not finite: the run is stopped."""
+
+
 class Guard:
     def __init__(self, max_bad_steps: int, spike_zscore: float = 0.0, window: int = 50,
                  warmup: int = 20) -> None:
@@ -61,7 +65,7 @@ class Guard:
                 f"raise --train.warmup_steps and resume with `attnkit train --resume {run_dir} "
                 f"--train.lr=...`" if last_checkpoint else
                 "no checkpoint was written yet; lower --train.lr or raise --train.warmup_steps")
-        raise AttnkitError(f"the loss or gradients were not finite for {self.bad_in_a_row} steps "
+        raise TrainingDiverged(f"the loss or gradients were not finite for {self.bad_in_a_row} steps "
                            f"in a row (steps {first}-{step}), so training stopped: {kept}")
 
     @property

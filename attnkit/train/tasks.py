@@ -78,17 +78,36 @@ class LMTask:
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
         self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
         check_length(self.data, cfg.model.context_length)
+        self.marker = self._marker_id(cfg.data.loss_after)
+
+    def _marker_id(self, marker: str | None) -> int | None:
+        """The token id of ``data.loss_after``, which must be exactly one token."""
+        if marker is None:
+            return None
+        try:
+            ids = self.tokenizer.encode(marker)
+        except AttnkitError:
+            ids = []
+        if len(ids) != 1:
+            raise AttnkitError(f"data.loss_after={marker!r} must be exactly one token of the "
+                               f"{self.tokenizer.kind} tokenizer, got {len(ids)} (use a single "
+                               f"character that occurs in the corpus)")
+        return ids[0]
 
     def describe(self) -> str:
+        scored = "" if self.marker is None else \
+            f" | loss on the token after {self.cfg.data.loss_after!r} only"
         return (f"data: {self.cfg.data.path} | {self.tokenizer.kind} tokenizer, vocab "
                 f"{self.tokenizer.vocab_size} | {len(self.data.train):,} train / "
-                f"{len(self.data.val):,} val tokens")
+                f"{len(self.data.val):,} val tokens{scored}")
 
     def batch(self, split: str, step: int, micro: int, batch_size: int,
               device: torch.device) -> dict[str, torch.Tensor]:
         tokens = self.data.train if split == "train" else self.data.val
         g = batch_generator(self.cfg.train.seed, step, micro, split)
         x, y = get_batch(tokens, batch_size, self.cfg.model.context_length, g, device)
+        if self.marker is not None:  # only the answers count; -100 is ignored by the loss
+            y = y.masked_fill(x != self.marker, -100)
         return {"input_ids": x, "targets": y}
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:

@@ -1,0 +1,14 @@
+"""The seed's four claims as built-in experiments (``attnkit experiment NAME``).
+
+Each experiment module defines ``PRESETS`` (``micro`` for tests, ``quick`` for a CPU
+in minutes, ``full`` for GPUs) and ``run(out_dir, preset, log) -> dict``, which trains
+its trials as ordinary run directories under ``out_dir/trials/``, skips those already
+done, and writes ``results.json``, PNG plots and ``report.md`` into ``out_dir``.
+"""
+
+EXPERIMENTS: dict[str, str] = {
+    "scaling": "attnkit.experiments.scaling",
+    "long-range": "attnkit.experiments.long_range",
+    "parallelism": "attnkit.experiments.parallelism",
+    "ablation": "attnkit.experiments.ablation",
+}
