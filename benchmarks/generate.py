@@ -36,7 +36,7 @@ def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int) -> list[l
 
 @torch.inference_mode()
 def hf_generate(hf, prompts: list[list[int]], n: int) -> list[list[int]]:
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=hf.device)
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                       min_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[:, ids.shape[1]:].tolist()
@@ -52,12 +52,19 @@ def timed(repeats: int, fn, *args) -> tuple[float, list[list[int]]]:
     return best, result
 
 
-def copy_bandwidth(mib: int = 512, repeats: int = 5) -> float:
-    """Bytes per second that ``Tensor.copy_`` moves through memory (best of ``repeats``)."""
-    src = torch.ones(mib * 2**20 // 4)
+def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
+    """Bytes per second that ``Tensor.copy_`` moves through ``device``'s memory (best of
+    ``repeats``)."""
+    src = torch.ones(mib * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = min(timed(1, dst.copy_, src)[0] for _ in range(repeats))
+
+    def copy() -> None:
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    copy()
+    best = min(timed(1, copy)[0] for _ in range(repeats))
     return src.numel() * 4 / best
 
 
@@ -80,14 +87,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--vocab-size", type=int, default=VOCAB,
                         help="vocabulary (default GPT-2's 50257; 256 = a byte-level model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(device)
     print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
@@ -100,7 +109,8 @@ def main() -> None:
         model = Decoder(cfg).eval()
         with tempfile.TemporaryDirectory() as tmp:
             to_hf(model, Path(tmp) / "hf")
-            hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").eval()
+            hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").eval().to(device)
+        model.to(device)
         for batch in args.batches:
             prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()
             attnkit_generate(model, prompts, args.tokens)  # warm up
@@ -120,7 +130,8 @@ def main() -> None:
                 line += f" {bound:>11.1f} {n / t_ours / bound:>7.0%} {n / t_hf / bound:>6.0%}"
             print(line)
             rows.append(row)
-    out = Path(__file__).parent / "results" / "generate.json"
+    name = "generate.json" if device.type == "cpu" else f"generate-{device.type}.json"
+    out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
                                "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),

@@ -1,0 +1,183 @@
+"""Training throughput and model-FLOPs utilisation: attnkit against Hugging Face
+``GPT2LMHeadModel`` on identical weights and batches.
+
+The script first measures this machine's fp32 matrix-multiply peak (the best of several
+large square products), then times full training steps (forward, loss, backward,
+gradient clipping, AdamW step) of the gpt2-style ``tiny`` preset and ``gpt2-124m`` at
+context 256 and 1024. attnkit trains as ``attnkit train`` does (its AdamW parameter
+groups, fused on CPU); the reference uses ``torch.optim.AdamW`` with PyTorch's defaults,
+as a ``transformers`` user would. MFU counts the matrix-multiply work of a step,
+6 x (parameters in matrix products, output layer included) per token plus the attention
+scores, 12 x layers x d_model x context per token (PaLM, appendix B), over the measured
+peak. Results go to ``benchmarks/results/train.json``.
+
+    python benchmarks/train.py [--cases tiny:256 tiny:1024 gpt2-124m:256 gpt2-124m:1024]
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attnkit.config import ModelConfig, TrainConfig, expand_presets
+from attnkit.interop import to_hf
+from attnkit.models import Decoder
+from attnkit.train.optim import build_optimizer
+
+VOCAB = 50257
+BATCH = {("tiny", 256): 32, ("tiny", 1024): 8, ("gpt2-124m", 256): 8, ("gpt2-124m", 1024): 2}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best (n x n) @ (n x n) product on ``device`` in ``dtype``."""
+    if device.type == "cuda":
+        n = 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def flops_per_token(cfg: ModelConfig, context: int) -> float:
+    """6 x matmul parameters (blocks and output layer) + 12 x L x C x T for attention."""
+    C, L = cfg.d_model, cfg.n_layers
+    per_layer = 4 * C * C + 2 * C * 4 * C  # q, k, v, o and the two MLP matrices
+    matmul_params = L * per_layer + cfg.vocab_size * C
+    return 6 * matmul_params + 12 * L * C * context
+
+
+def time_steps(step, steps: int, device: torch.device) -> tuple[float, float]:
+    """(best seconds per step over ``steps`` timed steps after one warm-up, first loss)."""
+    first = step()
+    best = float("inf")
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, first
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (what ``attnkit train`` picks there); fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def attnkit_step(model: Decoder, x: torch.Tensor):
+    opt = build_optimizer(model, TrainConfig(), x.device.type)
+
+    def step() -> float:
+        with autocast(x.device):
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def hf_step(hf, x: torch.Tensor):
+    opt = torch.optim.AdamW(hf.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
+
+    def step() -> float:
+        with autocast(x.device):
+            loss = hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # HF shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+",
+                        default=["tiny:256", "tiny:1024", "gpt2-124m:256", "gpt2-124m:1024"],
+                        help="SIZE:CONTEXT pairs")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (best is kept)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-reference", action="store_true", help="attnkit only")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, TF32)")
+    parser.add_argument("--batch", type=int, default=None, help="override the batch per case")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, dtype)
+    print(f"{str(dtype).removeprefix('torch.')} matmul peak {peak / 1e12:.2f} TFLOP/s on {device} "
+          f"({torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(f"{'model':<10} {'ctx':>5} {'batch':>5} {'attnkit tok/s':>14} {'MFU':>5} "
+          f"{'HF tok/s':>9} {'MFU':>5} {'ratio':>6}  first loss (attnkit / HF)")
+    rows = []
+    for case in args.cases:
+        size, ctx = case.split(":")
+        ctx = int(ctx)
+        batch = args.batch or BATCH.get((size, ctx), 4)
+        torch.manual_seed(0)
+        cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": VOCAB,
+                                            "context_length": ctx, "dropout": 0.0}))
+        model = Decoder(cfg).train()
+        x = torch.randint(0, VOCAB, (batch, ctx + 1), device=device)
+        hf = None
+        if not args.no_reference:
+            with tempfile.TemporaryDirectory() as tmp:
+                to_hf(model, Path(tmp) / "hf")
+                hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").train().to(device)
+        model.to(device)
+        fpt = flops_per_token(cfg, ctx)
+        tokens = batch * ctx
+        t_ours, loss_ours = time_steps(attnkit_step(model, x), args.steps, device)
+        row = {"size": size, "context": ctx, "batch": batch,
+               "attnkit_tokens_per_s": round(tokens / t_ours, 1),
+               "attnkit_mfu": round(fpt * tokens / t_ours / peak, 4)}
+        line = (f"{size:<10} {ctx:>5} {batch:>5} {tokens / t_ours:>14.1f} "
+                f"{row['attnkit_mfu']:>5.0%}")
+        if hf is not None:
+            t_hf, loss_hf = time_steps(hf_step(hf, x), args.steps, device)
+            row.update({"hf_tokens_per_s": round(tokens / t_hf, 1),
+                        "hf_mfu": round(fpt * tokens / t_hf / peak, 4),
+                        "ratio": round(t_hf / t_ours, 3),
+                        "first_loss": [round(loss_ours, 5), round(loss_hf, 5)]})
+            line += (f" {tokens / t_hf:>9.1f} {row['hf_mfu']:>5.0%} {t_hf / t_ours:>5.2f}x"
+                     f"  {loss_ours:.4f} / {loss_hf:.4f}")
+        print(line, flush=True)
+        rows.append(row)
+    name = "train.json" if device.type == "cpu" else f"train-{device.type}.json"
+    out = Path(__file__).parent / "results" / name
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "device": str(device), "matmul_peak_gflops": round(peak / 1e9, 1),
+                               "rows": rows},
+                              indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
