@@ -78,12 +78,13 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def attnkit_step(model: Decoder, x: torch.Tensor):
+def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
     opt = build_optimizer(model, TrainConfig(), x.device.type)
+    forward = torch.compile(model) if compiled else model  # what --train.compile=true does
 
     def step() -> float:
         with autocast(x.device):
-            _, loss = model(x[:, :-1], x[:, 1:])
+            _, loss = forward(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="attnkit only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, TF32)")
     parser.add_argument("--batch", type=int, default=None, help="override the batch per case")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time attnkit under torch.compile (--train.compile=true); the "
+                             "compilation is the warm-up step, reported apart")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +158,7 @@ def main() -> None:
         fpt = flops_per_token(cfg, ctx)
         tokens = batch * ctx
         t_ours, loss_ours = time_steps(attnkit_step(model, x), args.steps, device)
-        row = {"size": size, "context": ctx, "batch": batch,
+        row = {"size": size, "params": model.num_params(), "context": ctx, "batch": batch,
                "attnkit_tokens_per_s": round(tokens / t_ours, 1),
                "attnkit_mfu": round(fpt * tokens / t_ours / peak, 4)}
         line = (f"{size:<10} {ctx:>5} {batch:>5} {tokens / t_ours:>14.1f} "
@@ -167,6 +171,18 @@ def main() -> None:
                         "first_loss": [round(loss_ours, 5), round(loss_hf, 5)]})
             line += (f" {tokens / t_hf:>9.1f} {row['hf_mfu']:>5.0%} {t_hf / t_ours:>5.2f}x"
                      f"  {loss_ours:.4f} / {loss_hf:.4f}")
+        if args.compile:
+            t0 = time.perf_counter()
+            t_comp, _ = time_steps(attnkit_step(model, x, compiled=True), args.steps, device)
+            warm = time.perf_counter() - t0 - args.steps * t_comp
+            row.update({"compiled_tokens_per_s": round(tokens / t_comp, 1),
+                        "compiled_mfu": round(fpt * tokens / t_comp / peak, 4),
+                        "compile_s": round(warm, 1)})
+            if hf is not None:
+                row["compiled_ratio"] = round(t_hf / t_comp, 3)
+            line += (f"\n{'':<10} {'':>5} {'':>5} {tokens / t_comp:>14.1f} "
+                     f"{row['compiled_mfu']:>5.0%}  compiled (first step {warm:.0f} s)"
+                     + (f", {t_hf / t_comp:.2f}x the reference" if hf is not None else ""))
         print(line, flush=True)
         rows.append(row)
     name = "train.json" if device.type == "cpu" else f"train-{device.type}.json"

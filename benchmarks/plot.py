@@ -1,0 +1,105 @@
+"""Draw the benchmark pictures in docs/img/ from the JSON in benchmarks/results/.
+
+    python benchmarks/plot.py
+
+- ``bench_train_tokens.png``: training tokens/s against context, attnkit and
+  ``transformers``, one line per model size;
+- ``bench_train_mfu.png``: MFU against model size at each context;
+- ``bench_memory.png``: forward + backward memory against context, fused and eager attention.
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "docs" / "img"
+PARAMS = {"tiny": 3.32e6, "gpt2-124m": 123.65e6}  # for results written without "params"
+
+
+def params(row: dict) -> float:
+    return row.get("params") or PARAMS[row["size"]]
+
+
+def train_plots(rows: list[dict]) -> list[Path]:
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: params(next(r for r in rows
+                                                                       if r["size"] == s)))
+    contexts = sorted({r["context"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for size in sizes:
+        mine = sorted((r for r in rows if r["size"] == size), key=lambda r: r["context"])
+        ctx = [r["context"] for r in mine]
+        ax.plot(ctx, [r["attnkit_tokens_per_s"] for r in mine], "o-", label=f"attnkit {size}")
+        if all("hf_tokens_per_s" in r for r in mine):
+            ax.plot(ctx, [r["hf_tokens_per_s"] for r in mine], "s--", label=f"transformers {size}")
+        if all("compiled_tokens_per_s" in r for r in mine):
+            ax.plot(ctx, [r["compiled_tokens_per_s"] for r in mine], "^:",
+                    label=f"attnkit compiled {size}")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="training tokens/s",
+           title="Training throughput, 2 CPU cores (fp32)")
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    tokens = OUT / "bench_train_tokens.png"
+    fig.tight_layout()
+    fig.savefig(tokens, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ctx in contexts:
+        mine = sorted((r for r in rows if r["context"] == ctx), key=params)
+        n = [params(r) for r in mine]
+        ax.plot(n, [100 * r["attnkit_mfu"] for r in mine], "o-", label=f"attnkit, context {ctx}")
+        if all("hf_mfu" in r for r in mine):
+            ax.plot(n, [100 * r["hf_mfu"] for r in mine], "s--", label=f"transformers, context {ctx}")
+    ax.set(xscale="log", xlabel="parameters", ylabel="MFU (% of measured fp32 matmul peak)",
+           title="Model-FLOPs utilisation vs model size", ylim=(0, 100))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    mfu = OUT / "bench_train_mfu.png"
+    fig.tight_layout()
+    fig.savefig(mfu, dpi=110)
+    plt.close(fig)
+    return [tokens, mfu]
+
+
+def memory_plot(rows: list[dict]) -> Path:
+    ctx = [r["context"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ctx, [r["fused_step_mb"] for r in rows], "o-", label="fused attention (sdpa)")
+    ax.plot(ctx, [r["eager_step_mb"] for r in rows], "s--", label="eager softmax(QK^T)V")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)",
+           ylabel="forward + backward memory (MB)",
+           title="Attention memory vs context (4 layers, d_model 256)")
+    ax.set_xticks(ctx, [str(c) for c in ctx])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    path = OUT / "bench_memory.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    written = []
+    train = HERE / "results" / "train.json"
+    if train.exists():
+        written += train_plots(json.loads(train.read_text())["rows"])
+    memory = HERE / "results" / "memory.json"
+    if memory.exists():
+        written.append(memory_plot(json.loads(memory.read_text())["context"]))
+    for p in written:
+        print(f"-> {p}")
+
+
+if __name__ == "__main__":
+    main()
