@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import attnkit
 from attnkit.cli import main
+from attnkit.generate.beam import translate
 from attnkit.viz import inspect as nums
 
 TINY = ["--model.d_model=32", "--model.context_length=32", "--train.batch_size=4", "--train.eval_batches=2",
@@ -147,10 +149,26 @@ def test_encoder_run_gets_attention_but_no_next_token(env, capsys, tmp_path):
     assert "does not continue text" in out
 
 
-def test_seq2seq_run_is_refused_in_one_line(env, capsys):
-    rc, _, err = cli(capsys, "inspect", "seq2seq", "--prompt", "abc")
-    assert rc == 2 and "seq2seq" in err and "future work" in err
-    assert len(err.strip().splitlines()) == 1
+def test_seq2seq_draws_cross_attention_of_its_own_translation(env, tmp_path, capsys):
+    rc, out, err = cli(capsys, "inspect", "seq2seq", "--prompt", "abc", "--out", tmp_path)
+    assert rc == 0, err
+    data = json.loads((tmp_path / "inspect.json").read_text())
+    model = attnkit.load(env / "seq2seq")
+    assert data["translation"] == translate(model, ["abc"])[0]  # the greedy output
+    src, produced = data["source_tokens"], data["output_tokens"]
+    assert len(src) == 4  # a, b, c and EOS
+    cross = torch.tensor(data["attention"]["cross"]["weights"])  # (L, nh, T, S)
+    assert cross.shape == (1, 2, len(produced), len(src))
+    torch.testing.assert_close(cross.sum(-1), torch.ones(cross.shape[:-1]), atol=1e-4, rtol=0)
+    enc = torch.tensor(data["attention"]["encoder"]["weights"])
+    assert enc.shape == (1, 2, len(src), len(src))
+    for name in ("cross_attention", "encoder_attention", "decoder_attention"):
+        assert is_png(tmp_path / f"{name}_layer0_head1.png")
+    assert f"translation: {data['translation']!r}" in out
+    rc, _, err = cli(capsys, "inspect", "seq2seq", "--prompt", "abc", "--head", "5")
+    assert rc == 2 and "--head 5 is out of range" in err
+    rc, _, err = cli(capsys, "inspect", "seq2seq", "--embeddings")
+    assert rc == 2 and "--prompt for its attention pictures" in err
 
 
 def test_temperature_distribution_functions():

@@ -73,10 +73,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     model = attnkit.load(args.run, device=args.device)
     family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-    if family == "seq2seq":
-        raise AttnkitError(f"{args.run} is a seq2seq model; inspect handles decoder, encoder and "
-                           f"LSTM runs for now (cross-attention pictures are future work; "
-                           f"Seq2Seq.attention_maps gives the numbers)")
+    if family == "seq2seq" and args.embeddings:
+        raise AttnkitError(f"{args.run} is a seq2seq model: --embeddings plots a decoder's or "
+                           f"encoder's token table (use --prompt for its attention pictures)")
     if getattr(model, "tokenizer", None) is None:
         raise AttnkitError(f"{args.run} has no tokenizer.json, so the prompt cannot be encoded "
                            f"(add the model's tokenizer.json to the folder)")
@@ -87,7 +86,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise AttnkitError(f"cannot create {out}: {e.strerror or e} (choose another --out)") from None
     written: list[Path] = []
     summary: list[str] = []
-    if args.prompt is not None:
+    if args.prompt is not None and family == "seq2seq":
+        written += inspect_seq2seq(model, args, out, summary)
+    elif args.prompt is not None:
         written += inspect_prompt(model, family, args, temperatures, out, summary)
     if args.embeddings:
         written += inspect_embeddings(model, out, summary)
@@ -133,10 +134,7 @@ def inspect_prompt(model, family: str, args, temperatures: list[float], out: Pat
     if has_attention:
         weights = nums.attention_weights(model, x)  # (L, nh, T, T)
         n_layers, n_heads = weights.shape[:2]
-        for name, value, n in (("--layer", args.layer, n_layers), ("--head", args.head, n_heads)):
-            if value is not None and not 0 <= value < n:
-                raise AttnkitError(f"{name} {value} is out of range (the model has {n}, "
-                                   f"numbered 0 to {n - 1})")
+        _check_layer_head(args, n_layers, n_heads)
         entropy = nums.attention_entropy(weights)
         data["attention"] = {"shape": list(weights.shape),
                              "weights": weights.round(decimals=6).tolist()}
@@ -173,6 +171,82 @@ def inspect_prompt(model, family: str, args, temperatures: list[float], out: Pat
     path = out / "inspect.json"
     path.write_text(json.dumps(data) + "\n", encoding="utf-8")
     written.append(path)
+    return written
+
+
+def _check_layer_head(args, n_layers: int, n_heads: int) -> None:
+    for name, value, n in (("--layer", args.layer, n_layers), ("--head", args.head, n_heads)):
+        if value is not None and not 0 <= value < n:
+            raise AttnkitError(f"{name} {value} is out of range (the model has {n}, "
+                               f"numbered 0 to {n - 1})")
+
+
+def _heatmaps(weights, args, out: Path, prefix: str, what: str, rows: list[str],
+              cols: list[str], xlabel: str, ylabel: str) -> list[Path]:
+    """One PNG per (layer, head) of ``weights`` (L, nh, T, S), as --layer/--head select."""
+    from attnkit.viz import plots
+
+    written = []
+    for layer in range(weights.shape[0]):
+        if args.layer is not None and layer != args.layer:
+            continue
+        for head in range(weights.shape[1]):
+            if args.head is not None and head != args.head:
+                continue
+            written.append(plots.attention_heatmap(
+                weights[layer, head].numpy(), rows, out / f"{prefix}_layer{layer}_head{head}.png",
+                f"{what}, layer {layer}, head {head}", keys=cols, xlabel=xlabel, ylabel=ylabel))
+    return written
+
+
+def inspect_seq2seq(model, args, out: Path, summary: list[str]) -> list[Path]:
+    """Translate the prompt greedily, then draw the attention of that very pass: cross-attention
+    (each output token against the source: the alignment picture), the encoder's
+    self-attention over the source, and the decoder's over its own output."""
+    import torch
+
+    from attnkit.data.pairs import special_ids
+    from attnkit.generate.beam import translate_ids
+    from attnkit.viz import inspect as nums
+
+    tok = model.tokenizer
+    pad, bos, eos = special_ids(tok)
+    src = _encode(model, "seq2seq", args.prompt) + [eos]
+    if len(src) > model.cfg.context_length:
+        raise AttnkitError(f"the prompt is {len(src) - 1} tokens plus EOS but the model's context "
+                           f"is {model.cfg.context_length} (shorten the prompt)")
+    produced = translate_ids(model, [src], pad_id=pad, bos_id=bos, eos_id=eos)[0]
+    device = next(model.parameters()).device
+    src_ids = torch.tensor([src], device=device)
+    dec_in = torch.tensor([[bos] + produced[:-1]], device=device)  # row i produces produced[i]
+    maps = model.attention_maps(src_ids, dec_in)
+    weights = {k: torch.stack([m[0].float().cpu() for m in v]) for k, v in maps.items()}
+    _check_layer_head(args, *weights["cross"].shape[:2])
+    src_tokens = [nums.token_label(tok, i) for i in src]
+    out_tokens = [nums.token_label(tok, i) for i in produced]
+    in_tokens = [nums.token_label(tok, i) for i in dec_in[0].tolist()]
+    translation = tok.decode([i for i in produced if i != eos])
+    written = _heatmaps(weights["cross"], args, out, "cross_attention", "cross-attention",
+                        out_tokens, src_tokens, "source token (attended to)", "output token")
+    written += _heatmaps(weights["encoder"], args, out, "encoder_attention",
+                         "encoder self-attention", src_tokens, src_tokens, "key (source)",
+                         "query (source)")
+    written += _heatmaps(weights["decoder"], args, out, "decoder_attention",
+                         "decoder self-attention", in_tokens, in_tokens, "key (decoder input)",
+                         "query (decoder input)")
+    data = {"run": str(args.run), "family": "seq2seq", "prompt": args.prompt,
+            "translation": translation, "source_ids": src, "source_tokens": src_tokens,
+            "output_ids": produced, "output_tokens": out_tokens, "decoder_input_tokens": in_tokens,
+            "attention": {k: {"shape": list(w.shape), "weights": w.round(decimals=6).tolist()}
+                          for k, w in weights.items()},
+            "cross_attention_entropy": nums.attention_entropy(weights["cross"]).tolist()}
+    path = out / "inspect.json"
+    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    written.append(path)
+    n_layers, n_heads = weights["cross"].shape[:2]
+    summary.append(f"translation: {translation!r}")
+    summary.append(f"cross-attention: {n_layers} layers x {n_heads} heads, {len(out_tokens)} output "
+                   f"x {len(src_tokens)} source tokens (rows: output tokens; columns: source)")
     return written
 
 

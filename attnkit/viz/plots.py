@@ -27,20 +27,24 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def attention_heatmap(weights, tokens: Sequence[str], path: Path, title: str) -> Path:
-    """One head's attention (T, T): queries down, keys across, darker = more weight."""
+def attention_heatmap(weights, tokens: Sequence[str], path: Path, title: str,
+                      keys: Sequence[str] | None = None, xlabel: str = "key (attended to)",
+                      ylabel: str = "query (attending)") -> Path:
+    """One head's attention (T, S): queries down, keys across, darker = more weight. ``keys``
+    label the columns when they are not the queries' tokens (cross-attention)."""
     plt = _plt()
-    n = len(tokens)
-    side = min(12.0, max(4.0, 0.28 * n + 2.0))
+    keys = tokens if keys is None else keys
+    n, m = len(tokens), len(keys)
+    side = min(12.0, max(4.0, 0.28 * max(n, m) + 2.0))
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if n <= LABEL_LIMIT:
-        short = max(len(t) for t in tokens) <= 2  # single characters read best upright
-        ax.set_xticks(range(n), tokens, rotation=0 if short else 90, fontsize=10)
+    if max(n, m) <= LABEL_LIMIT:
+        short = max(len(t) for t in keys) <= 2  # single characters read best upright
+        ax.set_xticks(range(m), keys, rotation=0 if short else 90, fontsize=10)
         ax.set_yticks(range(n), tokens, fontsize=10)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query (attending)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)
 
