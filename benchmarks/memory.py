@@ -74,8 +74,8 @@ def child(spec: dict) -> dict:
             checkpoint_blocks(model)
         opt = build_optimizer(model, TrainConfig(), "cpu")
 
-        def loss_of():
-            return model(x[:, :-1], x[:, 1:])[1]
+        def loss_of():  # as the trainer calls it: no logits, the fused output layer + loss
+            return model(x[:, :-1], x[:, 1:], return_logits=False)[1]
     before = rss_mb()
     loss = loss_of()
     loss.backward()

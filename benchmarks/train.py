@@ -82,9 +82,11 @@ def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
     opt = build_optimizer(model, TrainConfig(), x.device.type)
     forward = torch.compile(model) if compiled else model  # what --train.compile=true does
 
+    kwargs = {} if compiled else {"return_logits": False}  # as the trainer calls it
+
     def step() -> float:
         with autocast(x.device):
-            _, loss = forward(x[:, :-1], x[:, 1:])
+            _, loss = forward(x[:, :-1], x[:, 1:], **kwargs)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

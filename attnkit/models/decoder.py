@@ -25,6 +25,7 @@ from attnkit.models.common import (
     scale_residual_projections,
 )
 from attnkit.nn import KVCache, OutputHead
+from attnkit.nn.loss import linear_cross_entropy
 from attnkit.nn.positional import LearnedPositional
 
 
@@ -50,10 +51,14 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                key_padding_mask: torch.Tensor | None = None, return_logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
         cross-entropy (positions whose target is -100 are ignored).
+
+        ``return_logits=False`` with ``targets`` returns ``(None, loss)``; on a CPU in fp32 the
+        output layer and the loss are then fused chunk by chunk (:mod:`attnkit.nn.loss`), so
+        the (B, T, V) logits are never built. The trainer asks for this.
 
         With a ``cache``, ``input_ids`` are the tokens that follow the cached
         ones; the cache grows by T.
@@ -64,12 +69,16 @@ class Decoder(nn.Module):
         """
         x, _ = self.hidden_states(input_ids, cache=cache, positions=positions,
                                   key_padding_mask=key_padding_mask)
+        if targets is not None and not return_logits and x.device.type == "cpu" \
+                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight,
+                                              targets.flatten())
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=-100)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def hidden_states(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
                       need_weights: bool = False, positions: torch.Tensor | None = None,

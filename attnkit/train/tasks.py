@@ -79,6 +79,10 @@ class LMTask:
         self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
         check_length(self.data, cfg.model.context_length)
         self.marker = self._marker_id(cfg.data.loss_after)
+        # Training needs the loss only: a decoder then fuses its output layer with the loss
+        # (attnkit/nn/loss.py); under torch.compile the compiler fuses them instead.
+        fuse = cfg.model.family == "decoder" and not cfg.train.compile
+        self.model_kwargs = {"return_logits": False} if fuse else {}
 
     def _marker_id(self, marker: str | None) -> int | None:
         """The token id of ``data.loss_after``, which must be exactly one token."""

@@ -265,7 +265,7 @@ class Trainer:
             # Gradients cross the ranks once per step, after the last micro-batch.
             with distributed.no_sync(self.wrapped, self.dist, last=micro == t.grad_accum - 1):
                 with self.autocast():
-                    _, loss = self.forward(**batch)
+                    _, loss = self.forward(**batch, **getattr(self.task, "model_kwargs", {}))
                 self.scaler.scale(loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         if self.dist.world > 1:  # the global mean loss, all tokens, and whether any rank must stop

@@ -1,0 +1,54 @@
+"""The fused output layer + cross-entropy equals the plain one, loss and gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnkit.config import ModelConfig
+from attnkit.models import Decoder
+from attnkit.nn import loss as fused
+
+
+@pytest.mark.parametrize("rows", [7, fused.CHUNK, fused.CHUNK * 2 + 3])  # one, exact, ragged chunks
+def test_loss_and_gradients_match_the_plain_path(rows):
+    torch.manual_seed(0)
+    h = torch.randn(rows, 16, requires_grad=True)
+    w = (torch.randn(50, 16) * 0.3).requires_grad_()
+    t = torch.randint(0, 50, (rows,))
+    t[::3] = -100
+    ref = F.cross_entropy(F.linear(h, w), t)
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    got = fused.linear_cross_entropy(h, w, t)
+    fh, fw = torch.autograd.grad(got * 2.0, (h, w))  # an upstream gradient other than 1
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fh, 2 * gh, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fw, 2 * gw, rtol=1e-4, atol=1e-7)
+
+
+def test_without_gradients_and_with_every_target_ignored():
+    h, w = torch.randn(5, 8), torch.randn(11, 8)
+    t = torch.tensor([1, 2, -100, 4, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(fused.linear_cross_entropy(h, w, t),
+                                   F.cross_entropy(h @ w.t(), t), rtol=1e-5, atol=1e-6)
+    assert math.isnan(fused.linear_cross_entropy(h, w, torch.full((5,), -100)).item())
+
+
+def test_a_tied_decoder_trains_identically_without_logits():
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=300, d_model=32, n_heads=2, n_layers=2,
+                                context_length=64))
+    assert model.lm_head.weight is model.tok_emb.weight
+    x, y = torch.randint(0, 300, (6, 64)), torch.randint(0, 300, (6, 64))
+    logits, plain = model(x, y)
+    plain.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    none, loss = model(x, y, return_logits=False)
+    loss.backward()
+    assert none is None and logits is not None
+    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7)
