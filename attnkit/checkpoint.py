@@ -75,8 +75,6 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     ckpt_root = run_dir / "checkpoints"
     name = f"step-{state['step']:06d}"
     tmp = ckpt_root / f".tmp-{name}"
-    aside = ckpt_root / f".old-{name}"  # a checkpoint of the same step, set aside until replaced
-    final = ckpt_root / name
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,12 +84,33 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             torch.save({"optimizer": optimizer.state_dict(), **(extra_tensors or {})},
                        tmp / "optimizer.pt")
         write_json(tmp / "state.json", state)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(ckpt_root, e) from None
+    return publish_checkpoint(run_dir, tmp, name, keep)
+
+
+def _write_error(ckpt_root: Path, e: OSError) -> AttnkitError:
+    return AttnkitError(f"could not write checkpoint in {ckpt_root}: {e.strerror or e} "
+                        f"(free disk space or choose another --out)")
+
+
+def publish_checkpoint(run_dir: Path, tmp: Path, name: str, keep: int = KEEP) -> Path:
+    """Turn the folder ``tmp``, holding a checkpoint's own files, into ``checkpoints/name``:
+    add copies of the run's config/tokenizer/labels, fsync every file, rename the folder into
+    place, point ``latest`` at it and prune old checkpoints. A checkpoint of the same step is
+    set aside, not deleted, until the new one is in place, so a failure loses nothing."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    aside = ckpt_root / f".old-{name}"
+    final = ckpt_root / name
+    try:
         for name_ in ("config.json", "tokenizer.json", "labels.json"):  # each stands on its own
             if (run_dir / name_).is_file():
                 shutil.copyfile(run_dir / name_, tmp / name_)
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if final.exists():  # set aside, not deleted: a failure below puts it back
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(final, aside)
@@ -103,8 +122,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             shutil.rmtree(aside, ignore_errors=True)
         elif aside.exists():  # put the set-aside checkpoint back
             os.replace(aside, final)
-        raise AttnkitError(f"could not write checkpoint in {ckpt_root}: {e.strerror or e} "
-                           f"(free disk space or choose another --out)") from None
+        raise _write_error(ckpt_root, e) from None
     shutil.rmtree(aside, ignore_errors=True)
     prune_checkpoints(ckpt_root, keep)
     return final

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import attnkit
+from attnkit.data import split_sizes
 
 TARGET = 1.88  # nanoGPT's published val loss for its CPU recipe
 NANOGPT_SECONDS = 170  # nanoGPT's recipe on this kind of machine (2 min 50 s, issue 8)
@@ -34,7 +35,8 @@ def full_val_loss(run: Path, data: Path) -> tuple[float, int]:
     model = attnkit.load(run)
     text = data.read_text(encoding="utf-8")
     ids = model.tokenizer.encode(text)
-    val = torch.tensor(ids[len(ids) - round(len(ids) * 0.1):])
+    n_train, _ = split_sizes(len(ids), 0.1)  # the trainer's own split: the last 10%
+    val = torch.tensor(ids[n_train:])
     ctx = model.cfg.context_length
     n = (len(val) - 1) // ctx * ctx
     x, y = val[:n].view(-1, ctx), val[1:n + 1].view(-1, ctx)

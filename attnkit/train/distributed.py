@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from attnkit.checkpoint import KEEP, load_weights, prune_checkpoints, write_json
+from attnkit.checkpoint import KEEP, load_weights, publish_checkpoint, write_json
 from attnkit.config import TrainConfig
 from attnkit.errors import AttnkitError
 
@@ -357,18 +357,9 @@ def save_sharded(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         save_file(weights, str(tmp / "model.safetensors"))
         torch.save(extra, tmp / "training.pt")
         write_json(tmp / "state.json", state)
-        for f in ("config.json", "tokenizer.json", "labels.json"):
-            if (run_dir / f).is_file():
-                shutil.copyfile(run_dir / f, tmp / f)
     dist.barrier()  # every shard is on disk
     if main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / ".latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, root / "latest")
-        prune_checkpoints(root, keep)
+        publish_checkpoint(Path(run_dir), tmp, name, keep)
     dist.barrier()
     return final
 

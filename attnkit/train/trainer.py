@@ -102,6 +102,7 @@ class Trainer:
         if resume:
             self._restore()
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
+        self.model_kwargs = getattr(self.task, "model_kwargs", {})  # e.g. the LM task's loss-only
         self._stop_requested = False
         self._stop_agreed = False  # the ranks' consensus, so that all of them save and stop
 
@@ -265,7 +266,7 @@ class Trainer:
             # Gradients cross the ranks once per step, after the last micro-batch.
             with distributed.no_sync(self.wrapped, self.dist, last=micro == t.grad_accum - 1):
                 with self.autocast():
-                    _, loss = self.forward(**batch, **getattr(self.task, "model_kwargs", {}))
+                    _, loss = self.forward(**batch, **self.model_kwargs)
                 self.scaler.scale(loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         if self.dist.world > 1:  # the global mean loss, all tokens, and whether any rank must stop
