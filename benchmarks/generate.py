@@ -14,15 +14,14 @@ those bytes. Results also go to ``benchmarks/results/generate.json``.
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from reference import hf_twin
 
 from attnkit.config import ModelConfig, expand_presets
 from attnkit.generate import generate_batch_ids, generate_ids
-from attnkit.interop import to_hf
 from attnkit.models import Decoder
 
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
@@ -92,10 +91,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
     bandwidth = copy_bandwidth(device)
     print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -107,9 +102,7 @@ def main() -> None:
         torch.manual_seed(0)
         cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": args.vocab_size}))
         model = Decoder(cfg).eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            to_hf(model, Path(tmp) / "hf")
-            hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").eval().to(device)
+        hf = hf_twin(model).eval().to(device)
         model.to(device)
         for batch in args.batches:
             prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()

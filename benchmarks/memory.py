@@ -59,9 +59,9 @@ def child(spec: dict) -> dict:
         from attnkit.interop import to_hf
 
         logging.set_verbosity_error()
-        with tempfile.TemporaryDirectory() as tmp:
-            to_hf(model, Path(tmp) / "hf")
-            del model
+        with tempfile.TemporaryDirectory() as tmp:  # not reference.hf_twin: the attnkit copy
+            to_hf(model, Path(tmp) / "hf")         # must be freed before loading, or the peak
+            del model                              # would count both models at once
             model = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").train()
         if spec.get("checkpointing"):
             model.gradient_checkpointing_enable()

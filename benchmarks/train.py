@@ -16,14 +16,13 @@ peak. Results go to ``benchmarks/results/train.json``.
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from reference import hf_twin
 
 from attnkit.config import ModelConfig, TrainConfig, expand_presets
-from attnkit.interop import to_hf
 from attnkit.models import Decoder
 from attnkit.train.optim import build_optimizer
 
@@ -131,10 +130,6 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, dtype)
     print(f"{str(dtype).removeprefix('torch.')} matmul peak {peak / 1e12:.2f} TFLOP/s on {device} "
@@ -153,9 +148,7 @@ def main() -> None:
         x = torch.randint(0, VOCAB, (batch, ctx + 1), device=device)
         hf = None
         if not args.no_reference:
-            with tempfile.TemporaryDirectory() as tmp:
-                to_hf(model, Path(tmp) / "hf")
-                hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf").train().to(device)
+            hf = hf_twin(model).train().to(device)
         model.to(device)
         fpt = flops_per_token(cfg, ctx)
         tokens = batch * ctx
