@@ -318,6 +318,34 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
+    def streamed(prompt: str, p: dict, request: Request, stops: list[str], n_prompt: int,
+                 piece_chunk, empty_chunk: dict, first: dict | None = None) -> StreamingResponse:
+        """Server-sent events: ``first`` (if any), one ``piece_chunk(text, finish)`` per piece,
+        the usage chunk when asked for, then ``[DONE]``; an error mid-stream is an event."""
+        async def events():
+            if first is not None:
+                yield sse(first)
+            tokens = 0
+            try:
+                async for piece, finish, n in complete(prompt, p, request, stops):
+                    tokens = n
+                    yield sse(piece_chunk(piece, finish))
+            except ApiError as e:
+                yield sse({"error": json.loads(e.response().body)["error"]})
+            if p["include_usage"]:
+                yield sse({**empty_chunk, "choices": [], "usage": usage(n_prompt, tokens)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def whole(prompt: str, p: dict, request: Request, stops: list[str]
+                    ) -> tuple[str, str | None, int]:
+        """The whole continuation, its finish reason and the tokens generated."""
+        text, finish, tokens = "", None, 0
+        async for piece, fin, n in complete(prompt, p, request, stops):
+            text, finish, tokens = text + piece, fin or finish, n
+        return text, finish, tokens
+
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
@@ -363,22 +391,8 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
                                  "finish_reason": finish}]}
 
         if p["stream"]:
-            async def events():
-                tokens = 0
-                try:
-                    async for piece, finish, n in complete(prompt, p, request, p["stop"]):
-                        tokens = n
-                        yield sse(chunk(piece, finish))
-                except ApiError as e:
-                    yield sse({"error": json.loads(e.response().body)["error"]})
-                if p["include_usage"]:
-                    yield sse({**chunk("", None), "choices": [], "usage": usage(n_prompt, tokens)})
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        text, finish, tokens = "", None, 0
-        async for piece, fin, n in complete(prompt, p, request, p["stop"]):
-            text, finish, tokens = text + piece, fin or finish, n
+            return streamed(prompt, p, request, p["stop"], n_prompt, chunk, chunk("", None))
+        text, finish, tokens = await whole(prompt, p, request, p["stop"])
         return {**chunk(text, finish), "usage": usage(n_prompt, tokens)}
 
     @app.post("/v1/chat/completions")
@@ -407,23 +421,10 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
                                                       "logprobs": None, "finish_reason": finish}]}
 
         if p["stream"]:
-            async def events():
-                yield sse(chunk({"role": "assistant", "content": ""}, None))
-                tokens = 0
-                try:
-                    async for piece, finish, n in complete(prompt, p, request, stops):
-                        tokens = n
-                        yield sse(chunk({"content": piece} if piece else {}, finish))
-                except ApiError as e:
-                    yield sse({"error": json.loads(e.response().body)["error"]})
-                if p["include_usage"]:
-                    yield sse({**chunk({}, None), "choices": [], "usage": usage(n_prompt, tokens)})
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        text, finish, tokens = "", None, 0
-        async for piece, fin, n in complete(prompt, p, request, stops):
-            text, finish, tokens = text + piece, fin or finish, n
+            return streamed(prompt, p, request, stops, n_prompt,
+                            lambda piece, finish: chunk({"content": piece} if piece else {}, finish),
+                            chunk({}, None), first=chunk({"role": "assistant", "content": ""}, None))
+        text, finish, tokens = await whole(prompt, p, request, stops)
         return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": finish}],
