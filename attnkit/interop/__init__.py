@@ -103,13 +103,7 @@ def from_hf(path: str | Path) -> nn.Module:
         except ValueError as e:
             raise AttnkitError(f"{folder}: {e} (the weights do not match config.json)") from None
         _refuse_unused(weights, arch, set(sources.values()), cfg.tie_embeddings)
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                src = sources[name]
-                raise AttnkitError(f"{weights.file_of(src)}: tensor '{src}' has shape "
-                                   f"{tuple(t.shape)}, but config.json implies "
-                                   f"{tuple(expected[name].shape)} (the weights do not match "
-                                   f"config.json)")
+        weights.check_shapes(tensors, expected, sources)
     missing = [k for k in expected if k not in tensors]
     if missing:  # every key map row covers the model it describes; this guards the maps
         raise AttnkitError(f"no {arch.model_type} tensor maps to attnkit's '{missing[0]}' "

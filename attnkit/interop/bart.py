@@ -259,15 +259,8 @@ def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
                 continue
             raise AttnkitError(f"{weights.file_of(key)}: unexpected tensor '{key}' (not part of a "
                                f"{CLASSES[0]} with this config.json; attnkit does not convert it)")
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                src = sources[name]
-                rows = f" (after dropping BART's first {POSITION_OFFSET} rows)" if src in POSITIONS \
-                    else ""
-                raise AttnkitError(f"{weights.file_of(src)}: tensor '{src}' has shape "
-                                   f"{tuple(t.shape)}{rows}, but config.json implies "
-                                   f"{tuple(expected[name].shape)} (the weights do not match "
-                                   f"config.json)")
+        weights.check_shapes(tensors, expected, sources, lambda src: (
+            f" (after dropping BART's first {POSITION_OFFSET} rows)" if src in POSITIONS else ""))
     missing = [k for k in expected if k not in tensors]
     if missing:  # the maps cover every tensor of a BART-shaped Seq2Seq; this guards them
         raise AttnkitError(f"no BART tensor maps to attnkit's '{missing[0]}' (report this as an "

@@ -208,13 +208,7 @@ def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
                 raise AttnkitError(f"{weights.file_of(key)}: unexpected tensor '{key}' (not part of "
                                    f"a {data.get('architectures', ['BertModel'])[0]} with this "
                                    f"config.json; attnkit does not convert it)")
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                src = sources[name]
-                raise AttnkitError(f"{weights.file_of(src)}: tensor '{src}' has shape "
-                                   f"{tuple(t.shape)}, but config.json implies "
-                                   f"{tuple(expected[name].shape)} (the weights do not match "
-                                   f"config.json)")
+        weights.check_shapes(tensors, expected, sources)
     model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False)
     model.to(resolve_device(device)).eval()
     tokenizer = folder_tokenizer(folder)

@@ -111,6 +111,18 @@ class HFWeights:
             return self._where[key]
         return next(iter(self._handles), self.folder / WEIGHTS)
 
+    def check_shapes(self, tensors: dict, expected: dict, sources: dict[str, str],
+                     note=None) -> None:
+        """Refuse a converted tensor whose shape is not the one config.json implies for the
+        attnkit parameter it fills; ``note(source_key)`` may say how the source was changed."""
+        for name, t in tensors.items():
+            if t.shape != expected[name].shape:
+                src = sources[name]
+                raise AttnkitError(f"{self.file_of(src)}: tensor '{src}' has shape "
+                                   f"{tuple(t.shape)}{note(src) if note else ''}, but config.json "
+                                   f"implies {tuple(expected[name].shape)} (the weights do not "
+                                   f"match config.json)")
+
     def get(self, name: str) -> torch.Tensor | None:
         key = self.resolve(name)
         if key is None:
