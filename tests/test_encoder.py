@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import cli
 
 import attnkit
 from attnkit.cli import main
@@ -26,14 +27,6 @@ from attnkit.train.task_encoder import mask_tokens
 V = 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine, two threads per
-    process can make a small test 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -319,13 +312,6 @@ def test_encode_text_frames_with_cls_sep_and_truncates():
 TINY = ["--model.family=encoder", "--model.n_layers=1", "--model.d_model=32",
         "--model.n_heads=2", "--model.context_length=32", "--train.batch_size=4",
         "--train.eval_batches=2", "--no-samples"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture

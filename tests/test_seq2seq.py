@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import cli
 
 import attnkit
 from attnkit.checkpoint import model_state
-from attnkit.cli import main
 from attnkit.config import Seq2SeqConfig, resolve
 from attnkit.data.pairs import load_parallel, read_pairs, source_batch, split_pairs
 from attnkit.data.synthetic import SYNTHETIC, synthetic_splits
@@ -270,20 +269,6 @@ TINY = ["--model.family=seq2seq", "--data.task=seq2seq", "--model.d_model=32",
         "--model.n_heads=2", "--model.n_encoder_layers=1", "--model.n_decoder_layers=1",
         "--model.context_length=16", "--train.batch_size=8", "--train.eval_batches=2",
         "--train.device=cpu", "--train.warmup_steps=2"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_cli_train_translate_eval_round_trip(env, capsys):
