@@ -24,8 +24,6 @@ from attnkit.models import Encoder  # noqa: E402
 TOL = dict(atol=1e-4, rtol=0)  # fp32
 
 
-
-
 def hf_config(**kw) -> transformers.BertConfig:
     base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=37, max_position_embeddings=40, type_vocab_size=2,
