@@ -77,15 +77,12 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
-    opt = build_optimizer(model, TrainConfig(), x.device.type)
-    forward = torch.compile(model) if compiled else model  # what --train.compile=true does
-
-    kwargs = {} if compiled else {"return_logits": False}  # as the trainer calls it
-
+def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of, device):
+    """One full step (forward under autocast, backward, clipping at 1.0, optimizer); the
+    step returns the loss."""
     def step() -> float:
-        with autocast(x.device):
-            _, loss = forward(x[:, :-1], x[:, 1:], **kwargs)
+        with autocast(device):
+            loss = loss_of()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -95,19 +92,18 @@ def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
     return step
 
 
+def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
+    opt = build_optimizer(model, TrainConfig(), x.device.type)
+    forward = torch.compile(model) if compiled else model  # what --train.compile=true does
+    kwargs = {} if compiled else {"return_logits": False}  # as the trainer calls it
+    return training_step(model, opt, lambda: forward(x[:, :-1], x[:, 1:], **kwargs)[1], x.device)
+
+
 def hf_step(hf, x: torch.Tensor):
     opt = torch.optim.AdamW(hf.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
-
-    def step() -> float:
-        with autocast(x.device):
-            loss = hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # HF shifts the labels itself
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
+    # transformers shifts the labels itself
+    return training_step(hf, opt, lambda: hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss,
+                         x.device)
 
 
 def main() -> None:
