@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=None, help="the model name clients use (default: the "
                    "run directory's name)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16: the precision of the "
+                   "weights while serving (see attnkit sample --help)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
@@ -53,8 +55,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     except ImportError as e:
         raise AttnkitError(f"attnkit serve needs {e.name} (pip install fastapi uvicorn)") from None
     import attnkit
+    from attnkit.checkpoint import warn_slow_dtype
 
-    model = attnkit.load(args.run, device=args.device)
+    model = attnkit.load(args.run, device=args.device, dtype=args.dtype)
+    warn_slow_dtype(model)
     name = args.name or Path(args.run).resolve().name
     app = create_app(model, name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit)
     if args.host not in LOOPBACK and not args.api_key:

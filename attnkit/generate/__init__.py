@@ -77,7 +77,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     try:
         logits, _ = model(torch.tensor([ids], device=device), cache=cache)
         for _ in range(max_new_tokens):
-            last = _history_rules(logits[:, -1], [ids], rep_penalty, no_repeat_ngram_size)
+            last = _history_rules(logits[:, -1].float(), [ids], rep_penalty, no_repeat_ngram_size)
             next_id = int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p,
                                  min_p=min_p, generator=generator)[0])
             ids.append(next_id)

@@ -63,7 +63,7 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     try:
         logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep)
         for _ in range(max_new_tokens):
-            last = no_repeat_ngram(penalize_repeats(logits[:, -1], history, rep_penalty),
+            last = no_repeat_ngram(penalize_repeats(logits[:, -1].float(), history, rep_penalty),
                                    history, no_repeat_ngram_size)
             step = [int(sample(last[b:b + 1], temperature=temperature, top_k=top_k, top_p=top_p,
                                min_p=min_p, generator=generators[b])[0]) for b in range(B)]

@@ -7,8 +7,10 @@ and during batch-1 decoding the output layer is the largest single read of the s
 So when few rows are projected under ``torch.inference_mode`` on a CPU, the head uses a
 transposed copy of its weight, made once and rebuilt whenever the weight changes (its
 version counter moves on every in-place update: optimizer steps, ``load_state_dict``).
-The copy costs one more V x C matrix of memory while a model is decoding; training and
-every other device use the plain ``nn.Linear`` path. The result is the same product.
+The copy costs one more V x C matrix of memory while a model is decoding; training, every
+other device and half-precision weights use the plain ``nn.Linear`` path (in bf16 and fp16
+the (V, C) layout is the faster one: 2.8 ms against 3.9 ms in bf16 for GPT-2's head on a CPU
+with AVX512-BF16, and 1.6 ms against 58 ms in fp16). The result is the same product.
 """
 
 import torch
@@ -32,11 +34,10 @@ class OutputHead(nn.Linear):
         rows = x.numel() // x.shape[-1]
         fast = rows == 1 or (rows <= FAST_ROWS and self.in_features >= FAST_WIDTH)
         if (not fast or self.bias is not None or x.device.type != "cpu"
-                or not torch.is_inference_mode_enabled()):
+                or self.weight.dtype != torch.float32 or not torch.is_inference_mode_enabled()):
             return F.linear(x, self.weight, self.bias)
         w = self.weight
         key = (w.data_ptr(), w._version)
-        if self._transposed is None or self._transposed[:2] != key or \
-                self._transposed[2].dtype != w.dtype:
+        if self._transposed is None or self._transposed[:2] != key:
             self._transposed = (*key, w.detach().t().contiguous())
         return x @ self._transposed[2]  # (..., C) @ (C, V)
