@@ -52,3 +52,27 @@ def test_a_tied_decoder_trains_identically_without_logits():
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_autocast_matches_the_plain_autocast_path():
+    """Under CPU bf16 autocast the fused path multiplies in bf16 (as autocast's F.linear does)
+    and keeps the softmax, the loss and the gradients in fp32 (as autocast's cross_entropy)."""
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=300, d_model=32, n_heads=2, n_layers=2,
+                                context_length=64))
+    x, y = torch.randint(0, 300, (6, 64)), torch.randint(0, 300, (6, 64))
+    y[:, :5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, plain = model(x, y)
+    plain.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        none, loss = model(x, y, return_logits=False)
+    loss.backward()
+    assert none is None and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain, rtol=1e-3, atol=1e-3)
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32
+        scale = expected[name].abs().max()
+        assert (p.grad - expected[name]).abs().max() <= 0.02 * scale, name

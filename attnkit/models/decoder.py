@@ -56,9 +56,10 @@ class Decoder(nn.Module):
         """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
         cross-entropy (positions whose target is -100 are ignored).
 
-        ``return_logits=False`` with ``targets`` returns ``(None, loss)``; on a CPU in fp32 the
-        output layer and the loss are then fused chunk by chunk (:mod:`attnkit.nn.loss`), so
-        the (B, T, V) logits are never built. The trainer asks for this.
+        ``return_logits=False`` with ``targets`` returns ``(None, loss)``; on a CPU (fp32
+        weights, with or without bf16 autocast) the output layer and the loss are then fused
+        chunk by chunk (:mod:`attnkit.nn.loss`), so the (B, T, V) logits are never built. The
+        trainer asks for this.
 
         With a ``cache``, ``input_ids`` are the tokens that follow the cached
         ones; the cache grows by T.
@@ -70,9 +71,10 @@ class Decoder(nn.Module):
         x, _ = self.hidden_states(input_ids, cache=cache, positions=positions,
                                   key_padding_mask=key_padding_mask)
         if targets is not None and not return_logits and x.device.type == "cpu" \
-                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+                and self.lm_head.weight.dtype == torch.float32:
+            low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight,
-                                              targets.flatten())
+                                              targets.flatten(), compute_dtype=low)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
