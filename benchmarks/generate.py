@@ -9,10 +9,19 @@ a decode step must read every weight and the KV cache once, so tokens/s cannot e
 machine's measured copy bandwidth (bytes copied per second, measured first) divided by
 those bytes. Results also go to ``benchmarks/results/generate.json``.
 
+``--dtypes`` times each precision of the weights (``attnkit sample --dtype``), the reference
+loaded in the same precision, on the same (rounded) weights. Half-precision rows also give the
+ratio to the reference in fp32, its default. By default bf16 is timed where the hardware
+multiplies bf16 natively (CUDA, or a CPU with AVX512-BF16/AMX) and fp32 everywhere. Both sides
+run in this process with the allocator setting the ``attnkit`` command makes (freed memory kept
+for reuse, :mod:`attnkit.runtime`); ``--malloc default`` keeps glibc's defaults for both.
+
     python benchmarks/generate.py [--sizes tiny gpt2-124m] [--tokens 32] [--batches 1 8]
+                                  [--dtypes fp32 bf16]
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -20,9 +29,11 @@ from pathlib import Path
 import torch
 from reference import hf_twin
 
+from attnkit.checkpoint import cpu_has_native_bf16, resolve_dtype
 from attnkit.config import ModelConfig, expand_presets
 from attnkit.generate import generate_batch_ids, generate_ids
 from attnkit.models import Decoder
+from attnkit.runtime import keep_freed_memory
 
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
@@ -71,7 +82,8 @@ def bound_tokens_per_s(model: Decoder, prompt_len: int, new: int, bandwidth: flo
     """Batch-1 decode ceiling: weights plus the average KV cache read once per token."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.cfg
-    per_token_cache = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_size * 4  # k and v, fp32
+    size = next(model.parameters()).element_size()
+    per_token_cache = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_size * size  # k and v
     cache = per_token_cache * (prompt_len + new / 2)
     return bandwidth / (weights + cache)
 
@@ -87,47 +99,70 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=VOCAB,
                         help="vocabulary (default GPT-2's 50257; 256 = a byte-level model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtypes", nargs="+", default=None,
+                        help="precisions of the weights: fp32, bf16, fp16 (default fp32, plus bf16 "
+                             "on CUDA or a CPU with native bf16)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep freed memory for reuse as the attnkit command does (default), "
+                             "or glibc's defaults; either way for both sides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.malloc == "keep" and keep_freed_memory()
     device = torch.device(args.device)
+    dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" or cpu_has_native_bf16()
+                             else ["fp32"])
     bandwidth = copy_bandwidth(device)
     print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    print(f"{'model':<12} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} {'ratio':>7}  same"
-          f"  {'bound tok/s':>11} {'attnkit':>8} {'HF':>6}")
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
+          f"{'freed memory kept' if kept else 'default malloc'}")
+    print(f"{'model':<12} {'dtype':>5} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} "
+          f"{'ratio':>7}  same  {'bound tok/s':>11} {'attnkit':>8} {'HF':>6}  vs HF fp32")
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
         cfg = ModelConfig(**expand_presets({"size": size, "style": "gpt2", "vocab_size": args.vocab_size}))
-        model = Decoder(cfg).eval()
-        hf = hf_twin(model).eval().to(device)
-        model.to(device)
-        for batch in args.batches:
-            prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()
-            attnkit_generate(model, prompts, args.tokens)  # warm up
-            hf_generate(hf, prompts, args.tokens)
-            t_ours, ours = timed(args.repeats, attnkit_generate, model, prompts, args.tokens)
-            t_hf, ref = timed(args.repeats, hf_generate, hf, prompts, args.tokens)
-            n = batch * args.tokens
-            row = {"size": size, "vocab_size": args.vocab_size, "batch": batch,
-                   "new_tokens": args.tokens, "attnkit_tokens_per_s": round(n / t_ours, 1),
-                   "hf_tokens_per_s": round(n / t_hf, 1), "ratio": round(t_hf / t_ours, 3),
-                   "same_tokens": ours == ref}
-            line = (f"{size:<12} {batch:>5} {n / t_ours:>14.1f} {n / t_hf:>10.1f} "
-                    f"{t_hf / t_ours:>6.2f}x  {'yes' if ours == ref else 'no ':<4}")
-            if batch == 1:
-                bound = bound_tokens_per_s(model, args.prompt_len, args.tokens, bandwidth)
-                row["bound_tokens_per_s"] = round(bound, 1)
-                line += f" {bound:>11.1f} {n / t_ours / bound:>7.0%} {n / t_hf / bound:>6.0%}"
-            print(line)
-            rows.append(row)
-    name = "generate.json" if device.type == "cpu" else f"generate-{device.type}.json"
+        model32 = Decoder(cfg).eval()
+        hf32 = hf_twin(model32).eval()
+        hf_fp32_speed = {}  # batch -> the reference's tokens/s in fp32
+        for name in dtypes:
+            dtype = resolve_dtype(name, "--dtypes")
+            model = copy.deepcopy(model32).to(device, dtype)
+            hf = copy.deepcopy(hf32).to(device, dtype)
+            for batch in args.batches:
+                prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()
+                attnkit_generate(model, prompts, args.tokens)  # warm up
+                hf_generate(hf, prompts, args.tokens)
+                t_ours, ours = timed(args.repeats, attnkit_generate, model, prompts, args.tokens)
+                t_hf, ref = timed(args.repeats, hf_generate, hf, prompts, args.tokens)
+                n = batch * args.tokens
+                if dtype == torch.float32:
+                    hf_fp32_speed[batch] = n / t_hf
+                row = {"size": size, "dtype": name, "vocab_size": args.vocab_size, "batch": batch,
+                       "new_tokens": args.tokens, "attnkit_tokens_per_s": round(n / t_ours, 1),
+                       "hf_tokens_per_s": round(n / t_hf, 1), "ratio": round(t_hf / t_ours, 3),
+                       "same_tokens": ours == ref}
+                line = (f"{size:<12} {name:>5} {batch:>5} {n / t_ours:>14.1f} {n / t_hf:>10.1f} "
+                        f"{t_hf / t_ours:>6.2f}x  {'yes' if ours == ref else 'no ':<4}")
+                if batch == 1:
+                    bound = bound_tokens_per_s(model, args.prompt_len, args.tokens, bandwidth)
+                    row["bound_tokens_per_s"] = round(bound, 1)
+                    line += f" {bound:>11.1f} {n / t_ours / bound:>7.0%} {n / t_hf / bound:>6.0%}"
+                else:
+                    line += f" {'':>11} {'':>8} {'':>6}"
+                if dtype != torch.float32 and batch in hf_fp32_speed:
+                    row["ratio_to_hf_fp32"] = round(n / t_ours / hf_fp32_speed[batch], 3)
+                    line += f"  {row['ratio_to_hf_fp32']:>8.2f}x"
+                print(line, flush=True)
+                rows.append(row)
+    name = "generate" + ("" if device.type == "cpu" else f"-{device.type}") + \
+        ("-default-malloc" if not kept and device.type == "cpu" else "") + ".json"
     out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
                                "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                               "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept,
                                "rows": rows}, indent=2) + "\n")
     print(f"-> {out}")
 

@@ -9,9 +9,16 @@ groups, fused on CPU); the reference uses ``torch.optim.AdamW`` with PyTorch's d
 as a ``transformers`` user would. MFU counts the matrix-multiply work of a step,
 6 x (parameters in matrix products, output layer included) per token plus the attention
 scores, 12 x layers x d_model x context per token (PaLM, appendix B), over the measured
-peak. Results go to ``benchmarks/results/train.json``.
+peak. Results go to ``benchmarks/results/train.json`` (``train-bf16.json`` for bf16).
+
+``--precision bf16`` trains both sides under bf16 autocast (``--train.precision=bf16``; on a
+CPU only worth it with native bf16, AVX512-BF16 or AMX) and measures the bf16 peak instead.
+Both sides run in this one process with the allocator setting the ``attnkit`` command makes
+(:mod:`attnkit.runtime`: freed memory is kept for reuse); ``--malloc default`` runs both with
+glibc's defaults instead, as a plain Python process has them.
 
     python benchmarks/train.py [--cases tiny:256 tiny:1024 gpt2-124m:256 gpt2-124m:1024]
+                               [--precision fp32|bf16] [--malloc keep|default] [--compile]
 """
 
 import argparse
@@ -24,6 +31,7 @@ from reference import hf_twin
 
 from attnkit.config import ModelConfig, TrainConfig, expand_presets
 from attnkit.models import Decoder
+from attnkit.runtime import keep_freed_memory
 from attnkit.train.optim import build_optimizer
 
 VOCAB = 50257
@@ -40,12 +48,12 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     if device.type == "cuda":
         n = 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+    c = a @ b  # the product is written into c, so no allocation is timed
     best = float("inf")
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=c)
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
@@ -72,16 +80,17 @@ def time_steps(step, steps: int, device: torch.device) -> tuple[float, float]:
     return best, first
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (what ``attnkit train`` picks there); fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA (what ``attnkit train`` picks there) or when asked for."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or bf16)
 
 
-def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of, device):
+def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of, device,
+                  bf16: bool = False):
     """One full step (forward under autocast, backward, clipping at 1.0, optimizer); the
     step returns the loss."""
     def step() -> float:
-        with autocast(device):
+        with autocast(device, bf16):
             loss = loss_of()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,18 +101,19 @@ def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of, d
     return step
 
 
-def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False):
+def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False, bf16: bool = False):
     opt = build_optimizer(model, TrainConfig(), x.device.type)
     forward = torch.compile(model) if compiled else model  # what --train.compile=true does
     kwargs = {} if compiled else {"return_logits": False}  # as the trainer calls it
-    return training_step(model, opt, lambda: forward(x[:, :-1], x[:, 1:], **kwargs)[1], x.device)
+    return training_step(model, opt, lambda: forward(x[:, :-1], x[:, 1:], **kwargs)[1], x.device,
+                         bf16)
 
 
-def hf_step(hf, x: torch.Tensor):
+def hf_step(hf, x: torch.Tensor, bf16: bool = False):
     opt = torch.optim.AdamW(hf.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
     # transformers shifts the labels itself
     return training_step(hf, opt, lambda: hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss,
-                         x.device)
+                         x.device, bf16)
 
 
 def main() -> None:
@@ -119,17 +129,26 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time attnkit under torch.compile (--train.compile=true); the "
                              "compilation is the warm-up step, reported apart")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                        help="fp32 (default on CPU) or bf16 autocast (default on CUDA)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep freed memory for reuse as the attnkit command does (default), "
+                             "or glibc's defaults; either way for both sides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.malloc == "keep" and keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    bf16 = precision == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak(device, dtype)
     print(f"{str(dtype).removeprefix('torch.')} matmul peak {peak / 1e12:.2f} TFLOP/s on {device} "
-          f"({torch.get_num_threads()} threads, torch {torch.__version__})")
+          f"({torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{'freed memory kept' if kept else 'default malloc'})")
     print(f"{'model':<10} {'ctx':>5} {'batch':>5} {'attnkit tok/s':>14} {'MFU':>5} "
           f"{'HF tok/s':>9} {'MFU':>5} {'ratio':>6}  first loss (attnkit / HF)")
     rows = []
@@ -148,14 +167,14 @@ def main() -> None:
         model.to(device)
         fpt = flops_per_token(cfg, ctx)
         tokens = batch * ctx
-        t_ours, loss_ours = time_steps(attnkit_step(model, x), args.steps, device)
+        t_ours, loss_ours = time_steps(attnkit_step(model, x, bf16=bf16), args.steps, device)
         row = {"size": size, "params": model.num_params(), "context": ctx, "batch": batch,
                "attnkit_tokens_per_s": round(tokens / t_ours, 1),
                "attnkit_mfu": round(fpt * tokens / t_ours / peak, 4)}
         line = (f"{size:<10} {ctx:>5} {batch:>5} {tokens / t_ours:>14.1f} "
                 f"{row['attnkit_mfu']:>5.0%}")
         if hf is not None:
-            t_hf, loss_hf = time_steps(hf_step(hf, x), args.steps, device)
+            t_hf, loss_hf = time_steps(hf_step(hf, x, bf16), args.steps, device)
             row.update({"hf_tokens_per_s": round(tokens / t_hf, 1),
                         "hf_mfu": round(fpt * tokens / t_hf / peak, 4),
                         "ratio": round(t_hf / t_ours, 3),
@@ -164,7 +183,8 @@ def main() -> None:
                      f"  {loss_ours:.4f} / {loss_hf:.4f}")
         if args.compile:
             t0 = time.perf_counter()
-            t_comp, _ = time_steps(attnkit_step(model, x, compiled=True), args.steps, device)
+            t_comp, _ = time_steps(attnkit_step(model, x, compiled=True, bf16=bf16), args.steps,
+                                   device)
             warm = time.perf_counter() - t0 - args.steps * t_comp
             row.update({"compiled_tokens_per_s": round(tokens / t_comp, 1),
                         "compiled_mfu": round(fpt * tokens / t_comp / peak, 4),
@@ -176,11 +196,14 @@ def main() -> None:
                      + (f", {t_hf / t_comp:.2f}x the reference" if hf is not None else ""))
         print(line, flush=True)
         rows.append(row)
-    name = "train.json" if device.type == "cpu" else f"train-{device.type}.json"
+    name = "train" + ("" if device.type == "cpu" else f"-{device.type}") + \
+        ("-bf16" if bf16 and device.type == "cpu" else "") + \
+        ("-default-malloc" if not kept and device.type == "cpu" else "") + ".json"
     out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "device": str(device), "matmul_peak_gflops": round(peak / 1e9, 1),
+                               "device": str(device), "precision": precision, "malloc_kept": kept,
+                               "matmul_peak_gflops": round(peak / 1e9, 1),
                                "rows": rows},
                               indent=2) + "\n")
     print(f"-> {out}")
