@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-samples", type=int, default=1, help="independent samples "
                         "(seeds seed, seed+1, ...)")
     sample.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sample.add_argument("--compile", action="store_true",
+                        help="compile the one-token decode step with torch.compile: several "
+                             "times faster per token for small models, after a one-off compile")
     sample.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16: the precision "
                         "of the weights while sampling (bf16 roughly doubles decode speed on "
                         "GPUs and on CPUs with native bf16)")
@@ -276,6 +279,10 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
                            f"{model.cfg.context_length} (shorten the prompt)")
     if args.beam < 1:
         raise AttnkitError("--beam must be 1 (sampling) or more")
+    if args.compile:
+        from attnkit.generate import compiled_step
+
+        compiled_step(model)  # refuses a model it cannot compile before anything is printed
     if args.beam > 1:
         from attnkit.generate.beam import beam_search
 
@@ -292,7 +299,8 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         for piece in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, seed=seed, min_p=args.min_p,
                             repetition_penalty=args.repetition_penalty,
-                            no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop):
+                            no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop,
+                            compile=args.compile):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -102,3 +102,20 @@ def test_output_head_keeps_the_plain_layout_in_half_precision():
         y = head(x)
     assert head._transposed is None  # no fp32-only transposed copy was made
     assert torch.equal(y, F.linear(x, head.weight))
+
+
+def test_sample_compile_flag_gives_the_eager_text(run, capsys):
+    args = ["sample", run, "--prompt", "the ", "--max-new-tokens", "12", "--temperature", "0"]
+    rc, eager, _ = cli(capsys, *args)
+    rc2, compiled, err = cli(capsys, *args, "--compile")
+    assert rc == rc2 == 0 and compiled == eager and err == ""
+
+
+def test_compile_refuses_a_model_it_cannot_compile():
+    from attnkit.errors import AttnkitError
+    from attnkit.generate import compiled_step
+    from attnkit.models.lstm import LSTMLanguageModel
+
+    lstm = LSTMLanguageModel(ModelConfig(family="lstm", vocab_size=50, d_model=16, n_layers=1))
+    with pytest.raises(AttnkitError, match="compiled decoding is for Transformer decoders"):
+        compiled_step(lstm)

@@ -42,12 +42,49 @@ def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: 
     return no_repeat_ngram(logits, history, ngram)
 
 
+def compiled_step(model: torch.nn.Module):
+    """``(token ids (B, 1), static cache) -> final hidden states (B, 1, C)``, compiled with
+    ``torch.compile`` once per model and kept on it, with the :class:`StaticKVCache` it
+    decodes into (one per batch size; reused, so the compiled step's guards keep holding)."""
+    from attnkit.models import Decoder
+    from attnkit.nn.kv_cache import StaticKVCache
+
+    if not isinstance(model, Decoder):
+        raise AttnkitError(f"compiled decoding is for Transformer decoders, not "
+                           f"{type(model).__name__} (leave --compile off)")
+    state = model.__dict__.setdefault("_compiled_decode", {})
+    if "step" not in state:
+        def step(ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+            return model.hidden_states(ids, cache=cache)[0]
+
+        state["step"] = torch.compile(step, dynamic=False)
+    return state["step"]
+
+
+def static_cache(model: torch.nn.Module, batch_size: int):
+    """The model's :class:`StaticKVCache` for ``batch_size`` rows, emptied (see
+    :func:`compiled_step`); rebuilt when the model's device or dtype changed."""
+    from attnkit.nn.kv_cache import StaticKVCache
+
+    caches = model.__dict__.setdefault("_compiled_decode", {}).setdefault("caches", {})
+    p = model.tok_emb.weight
+    cache = caches.get(batch_size)
+    if cache is None or cache.k[0].device != p.device or cache.k[0].dtype != p.dtype:
+        cfg = model.cfg
+        cache = caches[batch_size] = StaticKVCache(cfg.n_layers, batch_size, cfg.n_kv_heads,
+                                                   cfg.head_size, cfg.context_length,
+                                                   device=p.device, dtype=p.dtype)
+    cache.reset()
+    return cache
+
+
 @torch.inference_mode()
 def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, min_p: float | None = None,
                  repetition_penalty: float | None = None,
-                 no_repeat_ngram_size: int | None = None) -> Iterator[int]:
+                 no_repeat_ngram_size: int | None = None,
+                 compile: bool = False) -> Iterator[int]:
     """Yield ``max_new_tokens`` token ids that continue ``prompt_ids``.
 
     The prompt is processed in one forward pass (prefill) that fills the KV
@@ -57,6 +94,13 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
 
     ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the prompt and the
     generated ids; they apply before greedy decoding too.
+
+    ``compile=True`` runs each one-token step of the layers through ``torch.compile`` (a
+    decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`; the prefill runs
+    eagerly into a plain cache that is then copied over, and the output layer stays eager,
+    with its fast path. The first call compiles (seconds to tens of seconds on a CPU); later
+    calls reuse it. It pays where a step is many small operations rather than a few large
+    reads: small models (see docs/benchmarks.md).
     """
     ctx = model.cfg.context_length
     if not prompt_ids:
@@ -73,19 +117,29 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     ids = list(prompt_ids)
-    cache = model.new_cache(1)
+    step = compiled_step(model) if compile else None
+    static = static_cache(model, 1) if compile else None
+    cache = model.new_cache(1)  # the prefill fills this one; compiled steps go on in `static`
+
+    def prefill(window: list[int]) -> torch.Tensor:
+        cache.reset()
+        logits, _ = model(torch.tensor([window], device=device), cache=cache)
+        if static is not None:
+            static.copy_from(cache)
+        return logits
+
     try:
-        logits, _ = model(torch.tensor([ids], device=device), cache=cache)
+        logits = prefill(ids)
         for _ in range(max_new_tokens):
             last = _history_rules(logits[:, -1].float(), [ids], rep_penalty, no_repeat_ngram_size)
             next_id = int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p,
                                  min_p=min_p, generator=generator)[0])
             ids.append(next_id)
             yield next_id
-            if cache.length >= ctx:  # slide the window
-                cache.reset()
-                window = ids[-(ctx - 1):]
-                logits, _ = model(torch.tensor([window], device=device), cache=cache)
+            if (cache if static is None else static).length >= ctx:  # slide the window
+                logits = prefill(ids[-(ctx - 1):])
+            elif step is not None:
+                logits = model.lm_head(step(torch.tensor([[next_id]], device=device), static))
             else:
                 logits, _ = model(torch.tensor([[next_id]], device=device), cache=cache)
     finally:
@@ -139,8 +193,8 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
            tokenizer=None, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, seed: int | None = None, min_p: float | None = None,
            repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-           stop: Sequence[str] | str | None = None, details: bool = False
-           ) -> Iterator[str] | Iterator[Chunk]:
+           stop: Sequence[str] | str | None = None, details: bool = False,
+           compile: bool = False) -> Iterator[str] | Iterator[Chunk]:
     """Yield the continuation of ``prompt`` as text pieces, as soon as each is complete.
 
     Byte-level tokens can end in the middle of a UTF-8 character; such a piece
@@ -149,7 +203,7 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
     start of a stop string is held back until it is known not to be one.
 
     With ``details=True`` the items are :class:`Chunk` (text, finish_reason), the last
-    one carrying ``"stop"`` or ``"length"``.
+    one carrying ``"stop"`` or ``"length"``. ``compile`` as in :func:`generate_ids`.
     """
     tokenizer = _tokenizer(model, tokenizer)
     stops = _stops(stop)
@@ -163,7 +217,7 @@ def stream(model: torch.nn.Module, prompt: str, max_new_tokens: int = 200, *,
     for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                               repetition_penalty=repetition_penalty,
-                              no_repeat_ngram_size=no_repeat_ngram_size):
+                              no_repeat_ngram_size=no_repeat_ngram_size, compile=compile):
         new.append(token)
         text = tokenizer.decode(new)
         if text.endswith("\ufffd"):

@@ -90,18 +90,20 @@ class Decoder(nn.Module):
         of every layer, each (B, nh, T, S), computed on the eager path. ``positions`` and
         ``key_padding_mask`` as in :meth:`forward`."""
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        last = start + T - 1 if positions is None else int(positions.max())
-        if self.pos_emb is not None and last >= self.cfg.context_length and \
-                self.cfg.pos == "learned":
-            raise ValueError(f"sequence of {last + 1} tokens exceeds the learned position "
-                             f"table of {self.cfg.context_length}")
+        if self.pos_emb is not None and self.cfg.pos == "learned" and \
+                not (cache is not None and cache.static):  # a static cache is sized to fit
+            start = cache.length if cache is not None else 0
+            last = start + T - 1 if positions is None else int(positions.max())
+            if last >= self.cfg.context_length:
+                raise ValueError(f"sequence of {last + 1} tokens exceeds the learned position "
+                                 f"table of {self.cfg.context_length}")
         x = self.tok_emb(input_ids)  # (B, T, C)
         if self.emb_scale != 1.0:
             x = x * self.emb_scale
         if self.pos_emb is not None:
-            pos = torch.arange(start, start + T, device=input_ids.device) if positions is None \
-                else positions
+            pos = positions if positions is not None else \
+                cache.positions(T, input_ids.device) if cache is not None else \
+                torch.arange(T, device=input_ids.device)
             x = x + self.pos_emb(pos)  # (T, C) or (B, T, C)
         x = self.drop(x)
         weights = []

@@ -55,11 +55,12 @@ class Attention(nn.Module):
         the distance between tokens, so they use the cache index either way.
         """
         B, T, _ = x.shape
-        start = cache.length if cache is not None else 0
+        static = cache is not None and cache.static
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        q_pos = torch.arange(start, start + T, device=x.device)
+        q_pos = cache.positions(T, x.device) if cache is not None else \
+            torch.arange(T, device=x.device)
         if self.rope is not None:
             rope_pos = q_pos if positions is None else positions
             q, k = self.rope(q, rope_pos), self.rope(k, rope_pos)
@@ -67,7 +68,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = start + T
         S = k.shape[2]
 
-        mask = self._mask(q_pos, S, x.device)  # None, or additive (nh|1, T, S)
+        mask = self._mask(q_pos, S, x.device, static)  # None, or additive (nh|1, T, S)
         if key_padding_mask is not None:
             mask = self._with_padding(mask, key_padding_mask, T, S)  # (B, nh|1, T, S)
         dropout = self.dropout if self.training else 0.0
@@ -76,22 +77,24 @@ class Attention(nn.Module):
         else:
             weights = None
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout,
+                q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), dropout_p=dropout,
                 is_causal=self.causal and mask is None and T > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size)  # (B, T, C)
         return self.o_proj(out), weights
 
-    def _mask(self, q_pos: torch.Tensor, S: int, device: torch.device) -> torch.Tensor | None:
+    def _mask(self, q_pos: torch.Tensor, S: int, device: torch.device, static: bool = False
+              ) -> torch.Tensor | None:
         """The additive mask, or None when SDPA's built-in ``is_causal`` suffices.
 
         ``is_causal`` aligns the mask to the top-left corner, which is only right
         when queries and keys start together (no cache) - so a cached prefill
-        of several tokens, and ALiBi, need an explicit mask.
+        of several tokens, and ALiBi, need an explicit mask. So does a static cache,
+        whose S slots include the empty ones after ``q_pos``.
         """
         T = q_pos.shape[0]
         start = S - T
-        if self.alibi_slopes is None and (start == 0 or T == 1 or not self.causal):
+        if not static and self.alibi_slopes is None and (start == 0 or T == 1 or not self.causal):
             return None
         k_pos = torch.arange(S, device=device)
         mask = torch.zeros(1, T, S, device=device)

@@ -12,6 +12,8 @@ import torch
 class KVCache:
     """Keys and values for ``n_layers`` layers, each of shape (B, nkv, max_len, hs)."""
 
+    static = False  # see StaticKVCache
+
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_size: int,
                  max_len: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -31,6 +33,10 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nkv, S, hs)
 
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """The positions (T,) of the next T tokens."""
+        return torch.arange(self.length, self.length + T, device=device)
+
     def advance(self, n: int) -> None:
         self.length += n
 
@@ -43,3 +49,56 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose shapes never change, for a compiled decode step.
+
+    :class:`KVCache` hands attention the keys and values stored so far, a shape that grows
+    by one every step, and its length is a Python int: ``torch.compile`` would compile the
+    step again for every length. Here the position is a one-element tensor updated in place,
+    attention always receives the whole (B, nkv, max_len, hs) buffers, and it masks the
+    slots beyond the position. One compiled step then serves every position. The price is
+    attending over max_len slots instead of the filled ones, which is small next to reading
+    the weights for the short contexts where compiling pays (see ``generate_ids(compile=)``).
+    """
+
+    static = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.k[0].device)
+
+    @property
+    def length(self) -> int:
+        return int(self.pos)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        if hasattr(self, "pos"):
+            self.pos.fill_(value)
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        return self.pos + torch.arange(T, device=device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` (B, nkv, T, hs) at the current position; return the whole buffers."""
+        at = self.positions(k.shape[2], k.device)
+        self.k[layer].index_copy_(2, at, k)
+        self.v[layer].index_copy_(2, at, v)
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("a static cache serves one decoding stream; use KVCache")
+
+    def copy_from(self, cache: KVCache) -> None:
+        """Take over the keys, values and length of a filled :class:`KVCache` (a prefill is
+        faster there: no mask over the empty slots)."""
+        n = cache.length
+        for mine, theirs in zip(self.k + self.v, cache.k + cache.v, strict=True):
+            mine[:, :, :n] = theirs[:, :, :n]
+        self.length = n

@@ -36,7 +36,8 @@ class SinusoidalPositional(nn.Module):
         self.register_buffer("table", sinusoid_table(context_length, d_model), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        if positions.max() >= self.table.shape[0]:  # the formula has no length limit: extend.
+        if not torch.compiler.is_compiling() and positions.max() >= self.table.shape[0]:
+            # the formula has no length limit: extend.
             self.table = sinusoid_table(int(positions.max()) + 1, self.d_model).to(self.table)
         return self.table[positions]  # (T, C)
 
@@ -77,7 +78,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` of shape (B, nh, T, hs) at ``positions`` of shape (T,) or, one row
         per batch element, (B, T)."""
-        if positions.max() >= self.cos.shape[0]:
+        if not torch.compiler.is_compiling() and positions.max() >= self.cos.shape[0]:
             self._build(int(positions.max()) + 1, device=self.cos.device)
         cos = self.cos[positions].to(x.dtype)  # (T, hs) or (B, T, hs)
         sin = self.sin[positions].to(x.dtype)
