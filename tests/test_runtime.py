@@ -15,8 +15,9 @@ def faults_for_a_fresh_block():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 * 2**20)  # 64 MB, written once, then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_for_a_fresh_block()  # the first one is always faulted in
-print(kept, faults_for_a_fresh_block())
+# the first block is always faulted in; a small allocation in between can take the start of
+# a freed block and push the next one past it, so the steady state is the least of a few
+print(kept, min(faults_for_a_fresh_block() for _ in range(6)))
 """
 
 
