@@ -17,7 +17,7 @@ run in this process with the allocator setting the ``attnkit`` command makes (fr
 for reuse, :mod:`attnkit.runtime`); ``--malloc default`` keeps glibc's defaults for both.
 
     python benchmarks/generate.py [--sizes tiny gpt2-124m] [--tokens 32] [--batches 1 8]
-                                  [--dtypes fp32 bf16]
+                                  [--dtypes fp32 bf16] [--compile]
 """
 
 import argparse
@@ -38,9 +38,10 @@ from attnkit.runtime import keep_freed_memory
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
 
-def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int) -> list[list[int]]:
+def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int, compile: bool = False
+                     ) -> list[list[int]]:
     if len(prompts) == 1:
-        return [list(generate_ids(model, prompts[0], n, temperature=0))]
+        return [list(generate_ids(model, prompts[0], n, temperature=0, compile=compile))]
     return generate_batch_ids(model, prompts, n, temperature=0)
 
 
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep freed memory for reuse as the attnkit command does (default), "
                              "or glibc's defaults; either way for both sides")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time attnkit's compiled decode step at batch 1 "
+                             "(attnkit sample --compile); the compilation is reported apart")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +158,19 @@ def main() -> None:
                 if dtype != torch.float32 and batch in hf_fp32_speed:
                     row["ratio_to_hf_fp32"] = round(n / t_ours / hf_fp32_speed[batch], 3)
                     line += f"  {row['ratio_to_hf_fp32']:>8.2f}x"
+                if args.compile and batch == 1:
+                    t0 = time.perf_counter()
+                    first = attnkit_generate(model, prompts, args.tokens, True)
+                    warm = time.perf_counter() - t0
+                    t_comp, comp = timed(args.repeats, attnkit_generate, model, prompts,
+                                         args.tokens, True)
+                    row.update({"compiled_tokens_per_s": round(n / t_comp, 1),
+                                "compiled_ratio": round(t_hf / t_comp, 3),
+                                "compiled_same_tokens": comp == ref == first,
+                                "compile_s": round(warm, 1)})
+                    line += (f"\n{'':<12} {'':>5} {'':>5} {n / t_comp:>14.1f} {'':>10} "
+                             f"{t_hf / t_comp:>6.2f}x  {'yes' if comp == ref else 'no ':<4} "
+                             f"compiled decode step (first call {warm:.1f} s)")
                 print(line, flush=True)
                 rows.append(row)
     name = "generate" + ("" if device.type == "cpu" else f"-{device.type}") + \
