@@ -3,7 +3,7 @@
     python benchmarks/plot.py
 
 - ``bench_train_tokens.png``: training tokens/s against context, attnkit and
-  ``transformers``, one line per model size;
+  ``transformers``, one line per model size (fp32, and bf16 from ``train-bf16.json``);
 - ``bench_train_mfu.png``: MFU against model size at each context;
 - ``bench_memory.png``: forward + backward memory against context, fused and eager attention.
 """
@@ -26,7 +26,7 @@ def params(row: dict) -> float:
     return row.get("params") or PARAMS[row["size"]]
 
 
-def train_plots(rows: list[dict]) -> list[Path]:
+def train_plots(rows: list[dict], bf16: list[dict]) -> list[Path]:
     sizes = sorted({r["size"] for r in rows}, key=lambda s: params(next(r for r in rows
                                                                        if r["size"] == s)))
     contexts = sorted({r["context"] for r in rows})
@@ -40,8 +40,15 @@ def train_plots(rows: list[dict]) -> list[Path]:
         if all("compiled_tokens_per_s" in r for r in mine):
             ax.plot(ctx, [r["compiled_tokens_per_s"] for r in mine], "^:",
                     label=f"attnkit compiled {size}")
+        half = sorted((r for r in bf16 if r["size"] == size), key=lambda r: r["context"])
+        if half:
+            ax.plot([r["context"] for r in half], [r["attnkit_tokens_per_s"] for r in half],
+                    "D-", label=f"attnkit bf16 {size}")
+            if all("hf_tokens_per_s" in r for r in half):
+                ax.plot([r["context"] for r in half], [r["hf_tokens_per_s"] for r in half],
+                        "x--", label=f"transformers bf16 {size}")
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="training tokens/s",
-           title="Training throughput, 2 CPU cores (fp32)")
+           title="Training throughput, 2 CPU cores" + (" (fp32 and bf16)" if bf16 else " (fp32)"))
     ax.set_xticks(contexts, [str(c) for c in contexts])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
@@ -92,8 +99,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     written = []
     train = HERE / "results" / "train.json"
+    half = HERE / "results" / "train-bf16.json"
     if train.exists():
-        written += train_plots(json.loads(train.read_text())["rows"])
+        written += train_plots(json.loads(train.read_text())["rows"],
+                               json.loads(half.read_text())["rows"] if half.exists() else [])
     memory = HERE / "results" / "memory.json"
     if memory.exists():
         written.append(memory_plot(json.loads(memory.read_text())["context"]))

@@ -10,6 +10,7 @@ lr 1e-3) through the same trainer, side by side. Results go to
 ``benchmarks/results/speedrun.json``.
 
     python benchmarks/speedrun.py [--data ../shared/data/tinyshakespeare.txt] [--reference]
+                                  [SECTION.KEY=VALUE ...]     # e.g. train.precision=bf16
 """
 
 import argparse
@@ -67,13 +68,15 @@ def main() -> int:
     parser.add_argument("--reference", action="store_true",
                         help="also run nanoGPT's recipe (lr 1e-3) through attnkit, side by side")
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: temp)")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                        help="config overrides for the recipe's run, e.g. train.precision=bf16")
     args = parser.parse_args()
     if not args.data.is_file():
         print(f"error: {args.data} not found (pass --data PATH to tinyshakespeare.txt)",
               file=sys.stderr)
         return 2
     root = args.out or Path(tempfile.mkdtemp())
-    runs = [(args.recipe, [])]
+    runs = [(args.recipe, ["--" + o.removeprefix("--") for o in args.overrides])]
     if args.reference:
         runs.append(("shakespeare-char", ["--train.lr=1e-3", "--train.min_lr=1e-4"]))
     results = []
