@@ -82,6 +82,15 @@ def test_serve_binds_localhost_by_default(tmp_path, monkeypatch, capsys, model):
     assert "without --api-key" in capsys.readouterr().err
 
 
+def test_serve_loads_the_weights_in_the_dtype_asked_for(tmp_path, monkeypatch, model):
+    asked = []
+    monkeypatch.setattr(attnkit, "load", lambda *a, **k: asked.append(k["dtype"]) or model)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    assert main(["serve", str(tmp_path)]) == 0
+    assert main(["serve", str(tmp_path), "--dtype", "bf16"]) == 0
+    assert asked == ["fp32", "bf16"]
+
+
 # ------------------------------------------------------------------ size limits
 
 
