@@ -51,3 +51,13 @@ def test_compiled_generation_gives_the_eager_tokens():
     again = list(generate_ids(model, prompt[:2], 8, temperature=0, compile=True))
     assert again == list(generate_ids(model, prompt[:2], 8, temperature=0))
     assert model._compiled_decode["step"] is step
+
+
+def test_last_only_gives_the_last_row_of_the_full_logits():
+    model = decoder()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.inference_mode():
+        full, _ = model(ids)
+        last, _ = model(ids, last_only=True)
+    assert last.shape == (2, 1, 97)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ piece by piece as it is produced.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,14 @@ def _check_rules(min_p, rep_penalty, ngram) -> None:
         raise AttnkitError("no_repeat_ngram_size must be 0 (off) or more")
 
 
+def last_only(model: torch.nn.Module) -> dict:
+    """``{"last_only": True}`` for models whose forward can return the last position's logits
+    alone (attnkit's decoders and the LSTM); ``{}`` for any other model with the
+    ``model(ids, cache=...) -> (logits, loss)`` contract."""
+    return {"last_only": True} if "last_only" in inspect.signature(model.forward).parameters \
+        else {}
+
+
 def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: float | None,
                    ngram: int | None) -> torch.Tensor:
     """The rules that depend on the ids so far (prompt included), before :func:`sample`."""
@@ -43,9 +52,11 @@ def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: 
 
 
 def compiled_step(model: torch.nn.Module):
-    """``(token ids (B, 1), static cache) -> final hidden states (B, 1, C)``, compiled with
-    ``torch.compile`` once per model and kept on it, with the :class:`StaticKVCache` it
-    decodes into (one per batch size; reused, so the compiled step's guards keep holding)."""
+    """``(token ids (B, 1), static cache, output weight (C, V), bias or None) -> logits
+    (B, V)``, compiled with ``torch.compile`` once per model and kept on it, with the
+    :class:`StaticKVCache` it decodes into (one per batch size; reused, so the compiled
+    step's guards keep holding). The output weight is passed in (``OutputHead.decode_weight``)
+    rather than read from the module, so its CPU fast layout is used inside the graph."""
     from attnkit.models import Decoder
     from attnkit.nn.kv_cache import StaticKVCache
 
@@ -54,8 +65,10 @@ def compiled_step(model: torch.nn.Module):
                            f"{type(model).__name__} (leave --compile off)")
     state = model.__dict__.setdefault("_compiled_decode", {})
     if "step" not in state:
-        def step(ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-            return model.hidden_states(ids, cache=cache)[0]
+        def step(ids: torch.Tensor, cache: StaticKVCache, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+            logits = model.hidden_states(ids, cache=cache)[0][:, -1] @ weight
+            return logits if bias is None else logits + bias
 
         state["step"] = torch.compile(step, dynamic=False)
     return state["step"]
@@ -95,12 +108,12 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the prompt and the
     generated ids; they apply before greedy decoding too.
 
-    ``compile=True`` runs each one-token step of the layers through ``torch.compile`` (a
-    decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`; the prefill runs
-    eagerly into a plain cache that is then copied over, and the output layer stays eager,
-    with its fast path. The first call compiles (seconds to tens of seconds on a CPU); later
-    calls reuse it. It pays where a step is many small operations rather than a few large
-    reads: small models (see docs/benchmarks.md).
+    ``compile=True`` runs each one-token step (layers and output layer) through
+    ``torch.compile`` (a decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`;
+    the prefill runs eagerly into a plain cache that is then copied over. The first call
+    compiles (seconds to tens of seconds on a CPU); later calls reuse it. It pays where a
+    step is many small operations rather than a few large reads: small models (see
+    docs/benchmarks.md).
     """
     ctx = model.cfg.context_length
     if not prompt_ids:
@@ -123,7 +136,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
 
     def prefill(window: list[int]) -> torch.Tensor:
         cache.reset()
-        logits, _ = model(torch.tensor([window], device=device), cache=cache)
+        logits, _ = model(torch.tensor([window], device=device), cache=cache, **last_only(model))
         if static is not None:
             static.copy_from(cache)
         return logits
@@ -139,7 +152,8 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
             if (cache if static is None else static).length >= ctx:  # slide the window
                 logits = prefill(ids[-(ctx - 1):])
             elif step is not None:
-                logits = model.lm_head(step(torch.tensor([[next_id]], device=device), static))
+                logits = step(torch.tensor([[next_id]], device=device), static,
+                              model.lm_head.decode_weight(), model.lm_head.bias)[:, None]
             else:
                 logits, _ = model(torch.tensor([[next_id]], device=device), cache=cache)
     finally:

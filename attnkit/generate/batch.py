@@ -60,8 +60,11 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     new: list[list[int]] = [[] for _ in range(B)]
     finished = [False] * B
     cache = model.new_cache(B, longest + max_new_tokens)
+    from attnkit.generate import last_only  # the package imports this module at its end
+
     try:
-        logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep)
+        logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep,
+                          **last_only(model))
         for _ in range(max_new_tokens):
             last = no_repeat_ngram(penalize_repeats(logits[:, -1].float(), history, rep_penalty),
                                    history, no_repeat_ngram_size)

@@ -51,8 +51,8 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None, return_logits: bool = True
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                key_padding_mask: torch.Tensor | None = None, return_logits: bool = True,
+                last_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
         cross-entropy (positions whose target is -100 are ignored).
 
@@ -62,7 +62,9 @@ class Decoder(nn.Module):
         trainer asks for this.
 
         With a ``cache``, ``input_ids`` are the tokens that follow the cached
-        ones; the cache grows by T.
+        ones; the cache grows by T. ``last_only=True`` (no targets) returns the logits of the
+        last position alone, (B, 1, V): all a generation step needs, and for a long prompt the
+        output layer is most of the work of the other positions.
 
         For batches of left-padded sequences: ``positions`` (B, T) are each row's
         token positions (0 at its first real token; default cache.length + 0 .. T - 1 for
@@ -75,6 +77,8 @@ class Decoder(nn.Module):
             low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight,
                                               targets.flatten(), compute_dtype=low)
+        if last_only and targets is None:
+            x = x[:, -1:]
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:

@@ -50,13 +50,17 @@ class LSTMLanguageModel(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: LSTMState | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``input_ids`` (B, T) -> logits (B, T, V), and the mean cross-entropy with ``targets``."""
+                cache: LSTMState | None = None, last_only: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids`` (B, T) -> logits (B, T, V), and the mean cross-entropy with ``targets``;
+        ``last_only=True`` (no targets): the last position's logits alone, (B, 1, V)."""
         x = self.drop(self.tok_emb(input_ids))  # (B, T, C)
         out, state = self.lstm(x, cache.state if cache is not None else None)  # (B, T, C)
         if cache is not None:
             cache.state = state
             cache.advance(input_ids.shape[1])
+        if last_only and targets is None:
+            out = out[:, -1:]
         logits = self.lm_head(self.drop(out))  # (B, T, V)
         loss = None
         if targets is not None:

@@ -36,8 +36,15 @@ class OutputHead(nn.Linear):
         if (not fast or self.bias is not None or x.device.type != "cpu"
                 or self.weight.dtype != torch.float32 or not torch.is_inference_mode_enabled()):
             return F.linear(x, self.weight, self.bias)
+        return x @ self.decode_weight()  # (..., C) @ (C, V)
+
+    def decode_weight(self) -> torch.Tensor:
+        """The weight as (C, V) for ``x @ w``: on a CPU in fp32 the contiguous transposed copy
+        (made once, remade when the weight changes), elsewhere a view of the weight."""
         w = self.weight
+        if w.device.type != "cpu" or w.dtype != torch.float32:
+            return w.t()
         key = (w.data_ptr(), w._version)
         if self._transposed is None or self._transposed[:2] != key:
             self._transposed = (*key, w.detach().t().contiguous())
-        return x @ self._transposed[2]  # (..., C) @ (C, V)
+        return self._transposed[2]
