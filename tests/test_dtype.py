@@ -94,13 +94,13 @@ def test_native_bf16_reads_cpuinfo(monkeypatch, tmp_path):
     assert not checkpoint.cpu_has_native_bf16()
 
 
-def test_output_head_keeps_the_plain_layout_in_half_precision():
+def test_output_head_takes_the_plain_path_in_half_precision():
     torch.manual_seed(0)
     head = OutputHead(256, 1000, bias=False).to(torch.bfloat16)
     x = torch.randn(1, 256, dtype=torch.bfloat16)
     with torch.inference_mode():
         y = head(x)
-    assert head._transposed is None  # no fp32-only transposed copy was made
+    assert head._packed is None  # no fp32-only packed copy was made
     assert torch.equal(y, F.linear(x, head.weight))
 
 

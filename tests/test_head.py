@@ -1,43 +1,58 @@
-"""The output head's decode fast path computes the same logits as ``nn.Linear``."""
+"""The packed decode path of ``attnkit.nn.Linear`` (and the output head) computes what
+``nn.Linear`` computes, follows weight updates, and stays out of training."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from attnkit.config import ModelConfig
 from attnkit.models import Decoder
-from attnkit.nn import OutputHead
+from attnkit.nn import Linear, OutputHead
+from attnkit.nn import linear as linear_module
+
+needs_packing = pytest.mark.skipif(not linear_module.PACKING, reason="no oneDNN in this torch")
 
 
-def test_fast_path_matches_linear_and_follows_weight_updates():
+@needs_packing
+@pytest.mark.parametrize("cls,bias", [(OutputHead, False), (Linear, True)])
+def test_packed_path_matches_linear_and_follows_weight_updates(cls, bias):
     torch.manual_seed(0)
-    head = OutputHead(16, 50, bias=False)
-    x = torch.randn(1, 1, 16)
-    with torch.inference_mode():
-        fast = head(x)
-    assert head._transposed is not None  # the transposed copy was used
-    torch.testing.assert_close(fast, F.linear(x, head.weight), rtol=1e-5, atol=1e-6)
+    layer = cls(256, 300, bias=bias)  # 76800 weights: above FAST_NUMEL
+    for x in (torch.randn(1, 1, 256), torch.randn(8, 256)):
+        with torch.inference_mode():
+            fast = layer(x)
+        assert layer._packed is not None  # the packed copy was used
+        torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), rtol=1e-5,
+                                   atol=1e-5)
     with torch.no_grad():
-        head.weight.mul_(2.0)  # an in-place update (optimizer step, load_state_dict)
+        layer.weight.mul_(2.0)  # an in-place update (optimizer step, load_state_dict)
     with torch.inference_mode():
-        torch.testing.assert_close(head(x), F.linear(x, head.weight), rtol=1e-5, atol=1e-6)
+        x = torch.randn(1, 256)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5,
+                                   atol=1e-5)
 
 
-def test_training_and_large_batches_use_the_plain_layer():
-    head = OutputHead(8, 20, bias=False)
-    out = head(torch.randn(2, 3, 8))  # autograd on: plain path, gradients flow
+def test_training_small_weights_and_large_batches_use_the_plain_layer():
+    layer = OutputHead(256, 300, bias=False)
+    out = layer(torch.randn(2, 3, 256))  # autograd on: plain path, gradients flow
     out.sum().backward()
-    assert head.weight.grad is not None and head._transposed is None
+    assert layer.weight.grad is not None and layer._packed is None
     with torch.inference_mode():
-        head(torch.randn(4, 16, 8))  # 64 rows: above the fast-path limit
-    assert head._transposed is None
+        layer(torch.randn(4, 16, 256))  # 64 rows: above FAST_ROWS
+        layer.to(torch.bfloat16)(torch.randn(1, 256, dtype=torch.bfloat16))  # not fp32
+    assert layer._packed is None
+    small = Linear(16, 20)  # 320 weights: the oneDNN call would cost more than it saves
+    with torch.inference_mode():
+        small(torch.randn(1, 16))
+    assert small._packed is None
 
 
 def test_tied_decoder_keeps_its_state_dict_and_decodes_the_same():
     torch.manual_seed(0)
-    model = Decoder(ModelConfig(vocab_size=40, d_model=32, n_heads=4, n_layers=1,
+    model = Decoder(ModelConfig(vocab_size=400, d_model=256, n_heads=4, n_layers=1,
                                 context_length=16)).eval()
     assert model.lm_head.weight is model.tok_emb.weight
-    assert not any("transposed" in k for k in model.state_dict())
+    assert not any("packed" in k for k in model.state_dict())
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         reference, _ = model(ids)
@@ -46,3 +61,5 @@ def test_tied_decoder_keeps_its_state_dict_and_decodes_the_same():
         model(ids[:, :2], cache=cache)
         last, _ = model(ids[:, 2:], cache=cache)
     torch.testing.assert_close(last[:, -1], reference[:, -1], rtol=1e-5, atol=1e-5)
+    if linear_module.PACKING:
+        assert model.lm_head._packed is not None and model.blocks[0].attn.q_proj._packed is not None

@@ -52,11 +52,11 @@ def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: 
 
 
 def compiled_step(model: torch.nn.Module):
-    """``(token ids (B, 1), static cache, output weight (C, V), bias or None) -> logits
-    (B, V)``, compiled with ``torch.compile`` once per model and kept on it, with the
-    :class:`StaticKVCache` it decodes into (one per batch size; reused, so the compiled
-    step's guards keep holding). The output weight is passed in (``OutputHead.decode_weight``)
-    rather than read from the module, so its CPU fast layout is used inside the graph."""
+    """``(token ids (B, 1), static cache) -> final hidden states (B, 1, C)``, compiled with
+    ``torch.compile`` once per model and kept on it, with the :class:`StaticKVCache` it
+    decodes into (one per batch size; reused, so the compiled step's guards keep holding).
+    The output layer runs after it, eagerly, on its packed CPU path (a oneDNN-packed weight
+    cannot be an input of a compiled graph)."""
     from attnkit.models import Decoder
     from attnkit.nn.kv_cache import StaticKVCache
 
@@ -65,10 +65,8 @@ def compiled_step(model: torch.nn.Module):
                            f"{type(model).__name__} (leave --compile off)")
     state = model.__dict__.setdefault("_compiled_decode", {})
     if "step" not in state:
-        def step(ids: torch.Tensor, cache: StaticKVCache, weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-            logits = model.hidden_states(ids, cache=cache)[0][:, -1] @ weight
-            return logits if bias is None else logits + bias
+        def step(ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+            return model.hidden_states(ids, cache=cache)[0]
 
         state["step"] = torch.compile(step, dynamic=False)
     return state["step"]
@@ -108,9 +106,9 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the prompt and the
     generated ids; they apply before greedy decoding too.
 
-    ``compile=True`` runs each one-token step (layers and output layer) through
-    ``torch.compile`` (a decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`;
-    the prefill runs eagerly into a plain cache that is then copied over. The first call
+    ``compile=True`` runs the layers of each one-token step through ``torch.compile`` (a
+    decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`; the prefill runs
+    eagerly into a plain cache that is then copied over, and so does the output layer. The first call
     compiles (seconds to tens of seconds on a CPU); later calls reuse it. It pays where a
     step is many small operations rather than a few large reads: small models (see
     docs/benchmarks.md).
@@ -152,8 +150,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
             if (cache if static is None else static).length >= ctx:  # slide the window
                 logits = prefill(ids[-(ctx - 1):])
             elif step is not None:
-                logits = step(torch.tensor([[next_id]], device=device), static,
-                              model.lm_head.decode_weight(), model.lm_head.bias)[:, None]
+                logits = model.lm_head(step(torch.tensor([[next_id]], device=device), static))
             else:
                 logits, _ = model(torch.tensor([[next_id]], device=device), cache=cache)
     finally:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.nn.kv_cache import KVCache
+from attnkit.nn.linear import Linear
 from attnkit.nn.positional import RotaryEmbedding, alibi_bias, alibi_slopes
 
 
@@ -29,10 +30,10 @@ class Attention(nn.Module):
         self.head_size = d_model // n_heads
         self.causal, self.dropout, self.backend = causal, dropout, backend
         self.rope = rope
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_size, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
-        self.o_proj = nn.Linear(n_heads * self.head_size, d_model, bias=bias)
+        self.q_proj = Linear(d_model, n_heads * self.head_size, bias=bias)
+        self.k_proj = Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.v_proj = Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.o_proj = Linear(n_heads * self.head_size, d_model, bias=bias)
         if alibi:
             self.register_buffer("alibi_slopes", alibi_slopes(n_heads), persistent=False)
         else:

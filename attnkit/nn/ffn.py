@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnkit.nn.linear import Linear
+
 
 class MLP(nn.Module):
     """``down(act(up(x)))`` with a hidden width of ``hidden`` (4 * d_model in the paper)."""
@@ -16,8 +18,8 @@ class MLP(nn.Module):
     def __init__(self, d_model: int, hidden: int, activation: str, bias: bool = True) -> None:
         super().__init__()
         self.act = _ACTIVATIONS[activation]
-        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+        self.up_proj = Linear(d_model, hidden, bias=bias)
+        self.down_proj = Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
@@ -29,9 +31,9 @@ class GLU(nn.Module):
     def __init__(self, d_model: int, hidden: int, activation: str, bias: bool = True) -> None:
         super().__init__()
         self.act = _ACTIVATIONS[activation]
-        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+        self.gate_proj = Linear(d_model, hidden, bias=bias)
+        self.up_proj = Linear(d_model, hidden, bias=bias)
+        self.down_proj = Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
