@@ -19,6 +19,8 @@ fp32, as autocast keeps ``cross_entropy``; this spares the fp32 log-softmax over
 
 import torch
 
+from attnkit.nn.linear import PACKING, onednn_linear
+
 CHUNK = 1024  # rows per chunk
 
 
@@ -63,12 +65,17 @@ def _forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     low = compute_dtype not in (None, torch.float32)
     w = weight.to(compute_dtype) if low else weight
     V = w.shape[0]
+    # fp32 on a CPU: oneDNN multiplies about twice as fast as MKL here (attnkit.nn.linear)
+    onednn = not low and PACKING and h.device.type == "cpu" and h.dtype == torch.float32
+    w_t = w.t().contiguous() if onednn else None  # (C, V), for the hidden states' gradient
     for start in range(0, h.shape[0], CHUNK):
         hc, tc, vc = h[start:start + CHUNK], targets[start:start + CHUNK], valid[start:start + CHUNK]
         n, hc = hc.shape[0], hc.to(w.dtype)
         logits = scratch("logits", (n, V), h, torch.float32)
         if low:  # multiply in bf16, then the softmax in fp32
             logits.copy_(torch.mm(hc, w.t(), out=scratch("logits_low", (n, V), h, w.dtype)))
+        elif onednn:
+            logits = onednn_linear(hc, w)
         else:
             torch.mm(hc, w.t(), out=logits)
         probs = scratch("probs", (n, V), h, torch.float32)
@@ -82,6 +89,9 @@ def _forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             probs = scratch("probs_low", (n, V), h, w.dtype).copy_(probs)
             grad_h[start:start + CHUNK] = probs @ w
             grad_w += torch.mm(probs.t(), hc, out=scratch("grad_w_low", w.shape, h, w.dtype))
+        elif onednn:
+            grad_h[start:start + CHUNK] = onednn_linear(probs, w_t)
+            grad_w += onednn_linear(probs.t(), hc.t())
         else:
             torch.mm(probs, w, out=grad_h[start:start + CHUNK])
             grad_w.addmm_(probs.t(), hc)
