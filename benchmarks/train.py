@@ -2,10 +2,11 @@
 ``GPT2LMHeadModel`` on identical weights and batches.
 
 The script first measures this machine's fp32 matrix-multiply peak (the best of several
-large square products), then times full training steps (forward, loss, backward,
-gradient clipping, AdamW step) of the gpt2-style ``tiny`` preset and ``gpt2-124m`` at
-context 256 and 1024. attnkit trains as ``attnkit train`` does (its AdamW parameter
-groups, fused on CPU); the reference uses ``torch.optim.AdamW`` with PyTorch's defaults,
+large square products, by each library PyTorch offers: MKL and oneDNN on a CPU), then times
+full training steps (forward, loss, backward, gradient clipping, AdamW step) of the
+gpt2-style ``tiny`` preset and ``gpt2-124m`` at context 256 and 1024. attnkit trains as
+``attnkit train`` does (its AdamW parameter groups, fused on CPU; its fp32 products by oneDNN
+on a CPU, ``attnkit.nn.linear``); the reference uses ``torch.optim.AdamW`` with PyTorch's defaults,
 as a ``transformers`` user would. MFU counts the matrix-multiply work of a step,
 6 x (parameters in matrix products, output layer included) per token plus the attention
 scores, 12 x layers x d_model x context per token (PaLM, appendix B), over the measured
@@ -31,6 +32,7 @@ from reference import hf_twin
 
 from attnkit.config import ModelConfig, TrainConfig, expand_presets
 from attnkit.models import Decoder
+from attnkit.nn.linear import PACKING, onednn_linear
 from attnkit.runtime import keep_freed_memory
 from attnkit.train.optim import build_optimizer
 
@@ -43,20 +45,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best (n x n) @ (n x n) product on ``device`` in ``dtype``."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5
+                ) -> tuple[float, dict[str, float]]:
+    """FLOP/s of the best (n x n) @ (n x n) product on ``device`` in ``dtype``, over every
+    matrix-multiply library PyTorch offers there: ``torch.mm`` (MKL on a CPU, cuBLAS on a GPU)
+    and, on a CPU, oneDNN (``attnkit.nn.linear.onednn_linear``, which attnkit trains with; on
+    AMD CPUs MKL leaves AVX-512 unused and oneDNN is about twice as fast in fp32). Returns the
+    peak and the figure of each library."""
     if device.type == "cuda":
         n = 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     c = a @ b  # the product is written into c, so no allocation is timed
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    kernels = {"torch.mm": lambda: torch.mm(a, b, out=c)}
+    if device.type == "cpu" and PACKING:
+        kernels["oneDNN"] = lambda: onednn_linear(a, b)
+    figures = {}
+    for name, product in kernels.items():
+        product()
+        best = float("inf")
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            product()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        figures[name] = 2 * n**3 / best
+    return max(figures.values()), figures
 
 
 def flops_per_token(cfg: ModelConfig, context: int) -> float:
@@ -145,9 +159,10 @@ def main() -> None:
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     bf16 = precision == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
-    peak = matmul_peak(device, dtype)
+    peak, figures = matmul_peak(device, dtype)
+    each = ", ".join(f"{k} {v / 1e12:.2f}" for k, v in figures.items())
     print(f"{str(dtype).removeprefix('torch.')} matmul peak {peak / 1e12:.2f} TFLOP/s on {device} "
-          f"({torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"({each}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'freed memory kept' if kept else 'default malloc'})")
     print(f"{'model':<10} {'ctx':>5} {'batch':>5} {'attnkit tok/s':>14} {'MFU':>5} "
           f"{'HF tok/s':>9} {'MFU':>5} {'ratio':>6}  first loss (attnkit / HF)")
@@ -204,6 +219,7 @@ def main() -> None:
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
                                "device": str(device), "precision": precision, "malloc_kept": kept,
                                "matmul_peak_gflops": round(peak / 1e9, 1),
+                               "matmul_gflops": {k: round(v / 1e9, 1) for k, v in figures.items()},
                                "rows": rows},
                               indent=2) + "\n")
     print(f"-> {out}")
