@@ -59,17 +59,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     kernels = {"torch.mm": lambda: torch.mm(a, b, out=c)}
     if device.type == "cpu" and PACKING:
         kernels["oneDNN"] = lambda: onednn_linear(a, b)
-    figures = {}
-    for name, product in kernels.items():
-        product()
-        best = float("inf")
-        for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            product()
-            sync(device)
-            best = min(best, time.perf_counter() - t0)
-        figures[name] = 2 * n**3 / best
+    figures = {name: 2 * n**3 / time_steps(product, repeats, device)[0]
+               for name, product in kernels.items()}
     return max(figures.values()), figures
 
 
@@ -81,8 +72,9 @@ def flops_per_token(cfg: ModelConfig, context: int) -> float:
     return 6 * matmul_params + 12 * L * C * context
 
 
-def time_steps(step, steps: int, device: torch.device) -> tuple[float, float]:
-    """(best seconds per step over ``steps`` timed steps after one warm-up, first loss)."""
+def time_steps(step, steps: int, device: torch.device) -> tuple[float, object]:
+    """(best seconds per step over ``steps`` timed steps after one warm-up, what the warm-up
+    returned: the first loss of a training step)."""
     first = step()
     best = float("inf")
     for _ in range(steps):
