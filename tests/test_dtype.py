@@ -7,24 +7,10 @@ from test_cli import cli
 
 import attnkit
 from attnkit import checkpoint
-from attnkit.cli import main
 from attnkit.config import ModelConfig, expand_presets
 from attnkit.generate import generate_ids
 from attnkit.models import Decoder
 from attnkit.nn.head import OutputHead
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dtype")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("ATTNKIT_CACHE", str(root / "cache"))
-        rc = main(["train", "--model.n_layers=1", "--model.d_model=32", "--model.n_heads=2",
-                   "--model.context_length=32", "--train.batch_size=4", "--train.eval_batches=2",
-                   "--train.steps=3", "--no-samples", "--out", str(root / "run")])
-    assert rc == 0
-    return root / "run"
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -41,8 +27,8 @@ def test_bf16_logits_follow_fp32(style):
     assert err < 0.05, err  # bf16 keeps ~3 significant digits
 
 
-def test_load_in_bf16_decodes_with_the_cache(run):
-    model = attnkit.load(run, dtype="bf16")
+def test_load_in_bf16_decodes_with_the_cache(small_run):
+    model = attnkit.load(small_run, dtype="bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.new_cache(1).k[0].dtype == torch.bfloat16
     prompt = model.tokenizer.encode("the ")
@@ -56,26 +42,26 @@ def test_load_in_bf16_decodes_with_the_cache(run):
     assert int(full[0, -1].float().argmax()) == ids[1]
 
 
-def test_sample_dtype_flag(run, capsys, monkeypatch):
+def test_sample_dtype_flag(small_run, capsys, monkeypatch):
     monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: True)
-    rc, out, err = cli(capsys, "sample", run, "--prompt", "the ", "--max-new-tokens", "8",
+    rc, out, err = cli(capsys, "sample", small_run, "--prompt", "the ", "--max-new-tokens", "8",
                        "--dtype", "bf16", "--seed", "1")
     assert rc == 0 and out.startswith("the ") and err == ""
 
 
-def test_bf16_on_a_cpu_without_it_says_so(run, capsys, monkeypatch):
+def test_bf16_on_a_cpu_without_it_says_so(small_run, capsys, monkeypatch):
     monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: False)
-    rc, out, err = cli(capsys, "sample", run, "--prompt", "a", "--max-new-tokens", "2",
+    rc, out, err = cli(capsys, "sample", small_run, "--prompt", "a", "--max-new-tokens", "2",
                        "--dtype", "bf16")
     assert rc == 0
     assert err.strip() == ("note: this CPU has no native bf16 matrix products, so --dtype bf16 "
                            "is slower than fp32 here (use --dtype fp32)")
-    rc, _, err = cli(capsys, "sample", run, "--prompt", "a", "--max-new-tokens", "2")
+    rc, _, err = cli(capsys, "sample", small_run, "--prompt", "a", "--max-new-tokens", "2")
     assert rc == 0 and err == ""  # fp32: no note
 
 
-def test_unknown_dtype_is_one_line(run, capsys):
-    rc, out, err = cli(capsys, "sample", run, "--dtype", "int3")
+def test_unknown_dtype_is_one_line(small_run, capsys):
+    rc, out, err = cli(capsys, "sample", small_run, "--dtype", "int3")
     assert rc == 2 and out == ""
     assert err.strip() == "error: unknown dtype 'int3' for --dtype (use fp32, bf16 or fp16)"
 
@@ -104,8 +90,8 @@ def test_output_head_takes_the_plain_path_in_half_precision():
     assert torch.equal(y, F.linear(x, head.weight))
 
 
-def test_sample_compile_flag_gives_the_eager_text(run, capsys):
-    args = ["sample", run, "--prompt", "the ", "--max-new-tokens", "12", "--temperature", "0"]
+def test_sample_compile_flag_gives_the_eager_text(small_run, capsys):
+    args = ["sample", small_run, "--prompt", "the ", "--max-new-tokens", "12", "--temperature", "0"]
     rc, eager, _ = cli(capsys, *args)
     rc2, compiled, err = cli(capsys, *args, "--compile")
     assert rc == rc2 == 0 and compiled == eager and err == ""

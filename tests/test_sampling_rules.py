@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from test_cli import cli
 
 import attnkit
-from attnkit.cli import main
 from attnkit.config import ModelConfig
 from attnkit.errors import AttnkitError
 from attnkit.generate import (
@@ -343,23 +342,10 @@ def test_left_padded_forward_matches_unpadded_logits():
 # ------------------------------------------------------------------ CLI
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rules")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("ATTNKIT_CACHE", str(root / "cache"))
-        rc = main(["train", "--model.n_layers=1", "--model.d_model=32", "--model.n_heads=2",
-                   "--model.context_length=32", "--train.batch_size=4", "--train.eval_batches=2",
-                   "--train.steps=2", "--no-samples", "--out", str(root / "run")])
-    assert rc == 0
-    return root / "run"
-
-
-def test_cli_rule_flags_match_the_python_api(trained_run, capsys):
-    model = attnkit.load(trained_run)
+def test_cli_rule_flags_match_the_python_api(small_run, capsys):
+    model = attnkit.load(small_run)
     flags = ["--min-p", "0.1", "--repetition-penalty", "1.3", "--no-repeat-ngram", "2"]
-    rc, out, err = cli(capsys, "sample", trained_run, "--prompt", "The ", "--max-new-tokens",
+    rc, out, err = cli(capsys, "sample", small_run, "--prompt", "The ", "--max-new-tokens",
                        "20", "--seed", "1", *flags)
     assert rc == 0, err
     expected = attnkit.generate(model, "The ", 20, temperature=0.8, seed=1, min_p=0.1,
@@ -367,8 +353,8 @@ def test_cli_rule_flags_match_the_python_api(trained_run, capsys):
     assert out == "The " + expected + "\n"
 
 
-def test_cli_stop_is_repeatable(trained_run, capsys):
-    args = ["sample", trained_run, "--prompt", "The ", "--max-new-tokens", "25",
+def test_cli_stop_is_repeatable(small_run, capsys):
+    args = ["sample", small_run, "--prompt", "The ", "--max-new-tokens", "25",
             "--temperature", "0"]
     rc, full, _ = cli(capsys, *args)
     assert rc == 0
@@ -382,7 +368,7 @@ def test_cli_stop_is_repeatable(trained_run, capsys):
 
 @pytest.mark.parametrize("flag,value", [("--min-p", "1.5"), ("--repetition-penalty", "0"),
                                         ("--no-repeat-ngram", "-1"), ("--stop", "")])
-def test_cli_bad_rule_values(trained_run, capsys, flag, value):
-    rc, out, err = cli(capsys, "sample", trained_run, flag, value)
+def test_cli_bad_rule_values(small_run, capsys, flag, value):
+    rc, out, err = cli(capsys, "sample", small_run, flag, value)
     assert rc != 0 and out == ""
     assert flag in err
