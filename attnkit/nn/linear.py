@@ -1,4 +1,4 @@
-"""``nn.Linear`` with a fast path for decoding on a CPU.
+"""``nn.Linear`` with oneDNN paths for fp32 decoding and training on a CPU.
 
 Decoding one token multiplies a single row (or a few) by every weight matrix of the model,
 so its speed is how fast those matrices stream from memory. In fp32 PyTorch runs that
@@ -75,7 +75,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) with the CPU decode fast path."""
+    """``nn.Linear`` (same parameters and state-dict keys) whose fp32 products on a CPU go
+    through oneDNN: packed weights when decoding, :class:`_OneDNNLinear` when training."""
 
     _packed: tuple[int, int, torch.Tensor] | None = None  # (data_ptr, version, packed weight)
 
