@@ -62,4 +62,6 @@ def test_tied_decoder_keeps_its_state_dict_and_decodes_the_same():
         last, _ = model(ids[:, 2:], cache=cache)
     torch.testing.assert_close(last[:, -1], reference[:, -1], rtol=1e-5, atol=1e-5)
     if linear_module.PACKING:
-        assert model.lm_head._packed is not None and model.blocks[0].attn.q_proj._packed is not None
+        attn = model.blocks[0].attn
+        assert model.lm_head._packed is not None and attn._qkv is not None  # q, k, v stacked
+        assert attn.q_proj._packed is None and model.blocks[0].ffn.up_proj._packed is not None

@@ -43,6 +43,13 @@ def _can_pack() -> bool:
 PACKING = _can_pack()
 
 
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (N, K) reordered for oneDNN's decode products (a copy; see the module doc).
+    The row-count hint is FAST_ROWS: packed for 8 rows, a weight streams at 43-52 GB/s here
+    against 30-43 GB/s packed for 1, whether 1 or 8 rows are then multiplied."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), FAST_ROWS)
+
+
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """``x @ weight.T + bias`` by oneDNN (no autograd); ``x`` (..., K), ``weight`` (N, K), either
@@ -85,7 +92,7 @@ class Linear(nn.Linear):
             w = self.weight
             key = (w.data_ptr(), w._version)
             if self._packed is None or self._packed[:2] != key:
-                self._packed = (*key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1))
+                self._packed = (*key, pack(w))
             return onednn_linear(x, self._packed[2], self.bias)
         if self._train_fast(x):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
