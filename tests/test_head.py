@@ -17,8 +17,8 @@ needs_packing = pytest.mark.skipif(not linear_module.PACKING, reason="no oneDNN 
 @pytest.mark.parametrize("cls,bias", [(OutputHead, False), (Linear, True)])
 def test_packed_path_matches_linear_and_follows_weight_updates(cls, bias):
     torch.manual_seed(0)
-    layer = cls(256, 300, bias=bias)  # 76800 weights: above FAST_NUMEL
-    for x in (torch.randn(1, 1, 256), torch.randn(8, 256)):
+    layer = cls(512, 300, bias=bias)  # 153600 weights: above FAST_NUMEL
+    for x in (torch.randn(1, 1, 512), torch.randn(8, 512)):
         with torch.inference_mode():
             fast = layer(x)
         assert layer._packed is not None  # the packed copy was used
@@ -27,19 +27,19 @@ def test_packed_path_matches_linear_and_follows_weight_updates(cls, bias):
     with torch.no_grad():
         layer.weight.mul_(2.0)  # an in-place update (optimizer step, load_state_dict)
     with torch.inference_mode():
-        x = torch.randn(1, 256)
+        x = torch.randn(1, 512)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5,
                                    atol=1e-5)
 
 
 def test_training_small_weights_and_large_batches_use_the_plain_layer():
-    layer = OutputHead(256, 300, bias=False)
-    out = layer(torch.randn(2, 3, 256))  # autograd on: plain path, gradients flow
+    layer = OutputHead(512, 300, bias=False)  # large enough to be packed
+    out = layer(torch.randn(2, 3, 512))  # autograd on: plain path, gradients flow
     out.sum().backward()
     assert layer.weight.grad is not None and layer._packed is None
     with torch.inference_mode():
-        layer(torch.randn(4, 16, 256))  # 64 rows: above FAST_ROWS
-        layer.to(torch.bfloat16)(torch.randn(1, 256, dtype=torch.bfloat16))  # not fp32
+        layer(torch.randn(4, 16, 512))  # 64 rows: above FAST_ROWS
+        layer.to(torch.bfloat16)(torch.randn(1, 512, dtype=torch.bfloat16))  # not fp32
     assert layer._packed is None
     small = Linear(16, 20)  # 320 weights: the oneDNN call would cost more than it saves
     with torch.inference_mode():
@@ -49,8 +49,8 @@ def test_training_small_weights_and_large_batches_use_the_plain_layer():
 
 def test_tied_decoder_keeps_its_state_dict_and_decodes_the_same():
     torch.manual_seed(0)
-    model = Decoder(ModelConfig(vocab_size=400, d_model=256, n_heads=4, n_layers=1,
-                                context_length=16)).eval()
+    model = Decoder(ModelConfig(vocab_size=400, d_model=384, n_heads=4, n_layers=1,
+                                context_length=16)).eval()  # 384 x 384 weights: packed
     assert model.lm_head.weight is model.tok_emb.weight
     assert not any("packed" in k for k in model.state_dict())
     ids = torch.tensor([[1, 2, 3]])

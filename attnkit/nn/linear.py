@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST_ROWS = 8  # rows (batch x new tokens) up to which decoding takes the packed path
-FAST_NUMEL = 2**16  # the smallest weight worth it: 128 x 512, say
+FAST_NUMEL = 2**17  # the smallest weight worth it: 384 x 384 is, 128 x 512 is not
 TRAIN_MACS = 2**22  # rows x weights from which a training product goes through oneDNN
 
 
@@ -98,20 +98,19 @@ class Linear(nn.Linear):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
+    def _cpu_fp32(self, x: torch.Tensor) -> bool:
+        """The cheap checks both paths share, first, so small models lose little to them."""
+        return (PACKING and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.device.type == "cpu" and not torch.compiler.is_compiling())
+
     def _train_fast(self, x: torch.Tensor) -> bool:
-        if torch.compiler.is_compiling() or not PACKING:
-            return False
         w = self.weight
-        return (x.device.type == "cpu" and w.dtype == torch.float32 and x.dtype == torch.float32
-                and x.numel() // x.shape[-1] * w.numel() >= TRAIN_MACS
-                and type(x) is torch.Tensor and type(w) is nn.Parameter
+        return (self._cpu_fp32(x) and x.numel() // x.shape[-1] * w.numel() >= TRAIN_MACS
                 and not torch.is_inference_mode_enabled()
+                and type(x) is torch.Tensor and type(w) is nn.Parameter
                 and not torch.is_autocast_enabled("cpu"))
 
     def _fast(self, x: torch.Tensor) -> bool:
-        if torch.compiler.is_compiling() or not PACKING:  # first: the rest breaks a graph
-            return False
-        w = self.weight
-        return (x.device.type == "cpu" and w.dtype == torch.float32 and x.dtype == torch.float32
-                and w.numel() >= FAST_NUMEL and x.numel() <= FAST_ROWS * x.shape[-1]
-                and torch.is_inference_mode_enabled())
+        # is_compiling comes before is_inference_mode_enabled, which would break a graph
+        return (self.weight.numel() >= FAST_NUMEL and x.numel() <= FAST_ROWS * x.shape[-1]
+                and self._cpu_fp32(x) and torch.is_inference_mode_enabled())
