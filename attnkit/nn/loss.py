@@ -71,13 +71,14 @@ def _forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     for start in range(0, h.shape[0], CHUNK):
         hc, tc, vc = h[start:start + CHUNK], targets[start:start + CHUNK], valid[start:start + CHUNK]
         n, hc = hc.shape[0], hc.to(w.dtype)
-        logits = scratch("logits", (n, V), h, torch.float32)
-        if low:  # multiply in bf16, then the softmax in fp32
-            logits.copy_(torch.mm(hc, w.t(), out=scratch("logits_low", (n, V), h, w.dtype)))
-        elif onednn:
+        if onednn:  # oneDNN writes a fresh output; no buffer is kept for it
             logits = onednn_linear(hc, w)
         else:
-            torch.mm(hc, w.t(), out=logits)
+            logits = scratch("logits", (n, V), h, torch.float32)
+            if low:  # multiply in bf16, then the softmax in fp32
+                logits.copy_(torch.mm(hc, w.t(), out=scratch("logits_low", (n, V), h, w.dtype)))
+            else:
+                torch.mm(hc, w.t(), out=logits)
         probs = scratch("probs", (n, V), h, torch.float32)
         safe = tc.clamp(min=0)[:, None]
         torch.log_softmax(logits, dim=-1, out=probs)
