@@ -22,18 +22,15 @@ for reuse, :mod:`attnkit.runtime`); ``--malloc default`` keeps glibc's defaults 
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
-from reference import hf_twin
+from reference import add_malloc_option, apply_malloc, hf_twin, write_results
 
 from attnkit.checkpoint import cpu_has_native_bf16, resolve_dtype
 from attnkit.config import ModelConfig, expand_presets
 from attnkit.generate import generate_batch_ids, generate_ids
 from attnkit.models import Decoder
-from attnkit.runtime import keep_freed_memory
 
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
@@ -103,16 +100,14 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="precisions of the weights: fp32, bf16, fp16 (default fp32, plus bf16 "
                              "on CUDA or a CPU with native bf16)")
-    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep freed memory for reuse as the attnkit command does (default), "
-                             "or glibc's defaults; either way for both sides")
+    add_malloc_option(parser)
     parser.add_argument("--compile", action="store_true",
                         help="also time attnkit's compiled decode step at batch 1 "
                              "(attnkit sample --compile); the compilation is reported apart")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kept = args.malloc == "keep" and keep_freed_memory()
+    kept = apply_malloc(args.malloc)
     device = torch.device(args.device)
     dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" or cpu_has_native_bf16()
                              else ["fp32"])
@@ -173,15 +168,9 @@ def main() -> None:
                              f"compiled decode step (first call {warm:.1f} s)")
                 print(line, flush=True)
                 rows.append(row)
-    name = "generate" + ("" if device.type == "cpu" else f"-{device.type}") + \
-        ("-default-malloc" if not kept and device.type == "cpu" else "") + ".json"
-    out = Path(__file__).parent / "results" / name
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
-                               "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept,
-                               "rows": rows}, indent=2) + "\n")
-    print(f"-> {out}")
+    write_results("generate", device, kept, {
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -23,17 +23,14 @@ glibc's defaults instead, as a plain Python process has them.
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from reference import hf_twin
+from reference import add_malloc_option, apply_malloc, hf_twin, write_results
 
 from attnkit.config import ModelConfig, TrainConfig, expand_presets
 from attnkit.models import Decoder
 from attnkit.nn.linear import PACKING, onednn_linear
-from attnkit.runtime import keep_freed_memory
 from attnkit.train.optim import build_optimizer
 
 VOCAB = 50257
@@ -137,13 +134,11 @@ def main() -> None:
                              "compilation is the warm-up step, reported apart")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                         help="fp32 (default on CPU) or bf16 autocast (default on CUDA)")
-    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep freed memory for reuse as the attnkit command does (default), "
-                             "or glibc's defaults; either way for both sides")
+    add_malloc_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kept = args.malloc == "keep" and keep_freed_memory()
+    kept = apply_malloc(args.malloc)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -203,18 +198,11 @@ def main() -> None:
                      + (f", {t_hf / t_comp:.2f}x the reference" if hf is not None else ""))
         print(line, flush=True)
         rows.append(row)
-    name = "train" + ("" if device.type == "cpu" else f"-{device.type}") + \
-        ("-bf16" if bf16 and device.type == "cpu" else "") + \
-        ("-default-malloc" if not kept and device.type == "cpu" else "") + ".json"
-    out = Path(__file__).parent / "results" / name
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "device": str(device), "precision": precision, "malloc_kept": kept,
-                               "matmul_peak_gflops": round(peak / 1e9, 1),
-                               "matmul_gflops": {k: round(v / 1e9, 1) for k, v in figures.items()},
-                               "rows": rows},
-                              indent=2) + "\n")
-    print(f"-> {out}")
+    write_results("train", device, kept, {
+        "device": str(device), "precision": precision, "malloc_kept": kept,
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "matmul_gflops": {k: round(v / 1e9, 1) for k, v in figures.items()}, "rows": rows},
+        tags=("bf16",) if bf16 else ())
 
 
 if __name__ == "__main__":
