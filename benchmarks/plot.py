@@ -26,6 +26,17 @@ def params(row: dict) -> float:
     return row.get("params") or PARAMS[row["size"]]
 
 
+def save(fig, ax, name: str, fontsize: float | None = None) -> Path:
+    """Legend, grid, and ``fig`` written to docs/img/NAME; returns the path."""
+    ax.legend(fontsize=fontsize)
+    ax.grid(alpha=0.3, which="both")
+    path = OUT / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def train_plots(rows: list[dict], bf16: list[dict]) -> list[Path]:
     sizes = sorted({r["size"] for r in rows}, key=lambda s: params(next(r for r in rows
                                                                        if r["size"] == s)))
@@ -51,12 +62,7 @@ def train_plots(rows: list[dict], bf16: list[dict]) -> list[Path]:
            title="Training throughput, 2 CPU cores" + (" (fp32 and bf16)" if bf16 else " (fp32)"))
     ax.set_xticks(contexts, [str(c) for c in contexts])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    tokens = OUT / "bench_train_tokens.png"
-    fig.tight_layout()
-    fig.savefig(tokens, dpi=110)
-    plt.close(fig)
+    tokens = save(fig, ax, "bench_train_tokens.png", fontsize=8)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for ctx in contexts:
@@ -67,12 +73,7 @@ def train_plots(rows: list[dict], bf16: list[dict]) -> list[Path]:
             ax.plot(n, [100 * r["hf_mfu"] for r in mine], "s--", label=f"transformers, context {ctx}")
     ax.set(xscale="log", xlabel="parameters", ylabel="MFU (% of measured fp32 matmul peak)",
            title="Model-FLOPs utilisation vs model size", ylim=(0, 100))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    mfu = OUT / "bench_train_mfu.png"
-    fig.tight_layout()
-    fig.savefig(mfu, dpi=110)
-    plt.close(fig)
+    mfu = save(fig, ax, "bench_train_mfu.png", fontsize=8)
     return [tokens, mfu]
 
 
@@ -86,13 +87,7 @@ def memory_plot(rows: list[dict]) -> Path:
            title="Attention memory vs context (4 layers, d_model 256)")
     ax.set_xticks(ctx, [str(c) for c in ctx])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
-    path = OUT / "bench_memory.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, "bench_memory.png")
 
 
 def main() -> None:
