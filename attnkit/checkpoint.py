@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -344,8 +345,6 @@ def warn_slow_dtype(model: nn.Module) -> None:
     if p.device.type != "cpu" or p.dtype == torch.float32:
         return
     if p.dtype == torch.float16 or not cpu_has_native_bf16():
-        import sys
-
         name = "fp16" if p.dtype == torch.float16 else "bf16"
         print(f"note: this CPU has no native {name} matrix products, so --dtype {name} is "
               f"slower than fp32 here (use --dtype fp32)", file=sys.stderr)
