@@ -7,7 +7,9 @@ grouped-query attention (Ainslie et al., 2023); one is multi-query attention
 
 Two back-ends compute the same function: ``sdpa`` calls PyTorch's fused
 ``scaled_dot_product_attention``; ``eager`` spells out softmax(QK^T/sqrt(d))V
-and can return the attention weights for inspection.
+and can return the attention weights for inspection. Under ``sdpa``, plain causal
+attention in fp32 on a CPU over 512+ positions takes ``attnkit.nn.causal`` instead,
+the same function with faster products there.
 """
 
 import math
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnkit.nn import causal
 from attnkit.nn.kv_cache import KVCache
 from attnkit.nn.linear import Linear, onednn_linear, pack
 from attnkit.nn.positional import RotaryEmbedding, alibi_bias, alibi_slopes
@@ -76,6 +79,9 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.backend == "eager":
             out, weights = self._eager(q, k, v, mask, dropout)
+        elif self.causal and mask is None and dropout == 0.0 and T > 1 and causal.usable(q):
+            weights = None
+            out = causal.causal_attention(q, k, v)  # SDPA's function, oneDNN's products
         else:
             weights = None
             out = F.scaled_dot_product_attention(
