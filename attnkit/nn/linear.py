@@ -74,8 +74,11 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = onednn_linear(g, weight.t().contiguous()).view(x.shape)  # (M, N) @ (N, K)
-        if ctx.needs_input_grad[1]:
-            grad_w = onednn_linear(g.t(), x.reshape(-1, x.shape[-1]).t())  # (N, M) @ (M, K)
+        if ctx.needs_input_grad[1]:  # (N, M) @ (M, K), both operands made M-contiguous: the
+            # transposing copies and a product in the forward's layout (2048 x 3072 x 768: 25
+            # ms) beat oneDNN's product over transposed views (28.5 ms)
+            x_t = x.reshape(-1, x.shape[-1]).t().contiguous()  # (K, M)
+            grad_w = onednn_linear(g.t().contiguous(), x_t)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b
