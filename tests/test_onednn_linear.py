@@ -11,17 +11,21 @@ pytestmark = pytest.mark.skipif(not linear_module.PACKING, reason="no oneDNN in 
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_training_products_match_nn_linear(bias, monkeypatch):
+@pytest.mark.parametrize("shape", [(3, 300, 96, 200), (2, 4, 1024, 1100)])
+def test_training_products_match_nn_linear(bias, shape, monkeypatch):
+    """900 rows x 19200 weights, above TRAIN_MACS; 8 rows x 1.1M weights, above COPY_NUMEL too
+    (the weight gradient's operands are copied before the product)."""
     calls = []
     real = linear_module.onednn_linear
     monkeypatch.setattr(linear_module, "onednn_linear", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
-    fast = Linear(96, 200, bias=bias)
-    plain = torch.nn.Linear(96, 200, bias=bias)
+    B, T, n_in, n_out = shape
+    fast = Linear(n_in, n_out, bias=bias)
+    plain = torch.nn.Linear(n_in, n_out, bias=bias)
     plain.load_state_dict(fast.state_dict())
-    x = torch.randn(3, 300, 96, requires_grad=True)  # 900 rows x 19200 weights: above TRAIN_MACS
+    x = torch.randn(B, T, n_in, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
-    g = torch.randn(3, 300, 200)
+    g = torch.randn(B, T, n_out)
     fast(x).backward(g)
     plain(x2).backward(g)
     assert len(calls) == 3  # forward, input gradient, weight gradient

@@ -33,6 +33,7 @@ from torch import nn
 FAST_ROWS = 8  # rows (batch x new tokens) up to which decoding takes the packed path
 FAST_NUMEL = 2**17  # the smallest weight worth it: 384 x 384 is, 128 x 512 is not
 TRAIN_MACS = 2**22  # rows x weights from which a training product goes through oneDNN
+COPY_NUMEL = 2**20  # weights from which the weight gradient's operands are copied first
 
 
 def _can_pack() -> bool:
@@ -73,12 +74,16 @@ class _OneDNNLinear(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # (M, N)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(g, weight.t().contiguous()).view(x.shape)  # (M, N) @ (N, K)
-        if ctx.needs_input_grad[1]:  # (N, M) @ (M, K), both operands made M-contiguous: the
-            # transposing copies and a product in the forward's layout (2048 x 3072 x 768: 25
-            # ms) beat oneDNN's product over transposed views (28.5 ms)
-            x_t = x.reshape(-1, x.shape[-1]).t().contiguous()  # (K, M)
-            grad_w = onednn_linear(g.t().contiguous(), x_t)
+            # (M, N) @ (N, K); oneDNN reads the transposed view as fast as a copy (no copy)
+            grad_x = onednn_linear(g, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:  # (N, M) @ (M, K)
+            x_t = x.reshape(-1, x.shape[-1]).t()  # (K, M)
+            if weight.numel() >= COPY_NUMEL:  # both operands made M-contiguous: the copies
+                # and a product in the forward's layout (2048 x 3072 x 768: 26.3 ms) beat
+                # oneDNN's product over the transposed views (28.6 ms); not for 768 x 768
+                grad_w = onednn_linear(g.t().contiguous(), x_t.contiguous())
+            else:
+                grad_w = onednn_linear(g.t(), x_t)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b
