@@ -5,11 +5,12 @@ AVX-512 unused (see ``attnkit.nn.linear``): a gpt2-124m layer at context 1024, b
 95 ms forward and backward, 22% of a training step. This computes the same function with the
 query rows cut into blocks of ``BLOCK``: block i (rows r0..e) meets only the keys 0..e, so about
 (n + 1) / 2n of the full square is multiplied (5/8 for four blocks), each product by oneDNN.
-The causal mask of a diagonal block is added inside the product (a oneDNN post-op), and the
-softmax's backward is PyTorch's fused kernel, which needs the probabilities but not the row
-sums: a block holds every key its rows attend to. The probabilities are not kept for the
-backward (that would be (B, nh, T, T) per layer): the backward recomputes them, one more
-product per block, as flash attention does. Same layer: 75 ms.
+Only the last (rows x rows) square of a block needs the causal mask, so the mask is one
+(BLOCK x BLOCK) triangle and memory stays linear in the context. The softmax's backward is
+PyTorch's fused kernel, which needs the probabilities but not the row sums: a block holds
+every key its rows attend to. The probabilities are not kept for the backward (that would be
+(B, nh, T, T) per layer): the backward recomputes them, one more product per block, as flash
+attention does. Same layer: 69-77 ms.
 
 For dK and dV, whose rows each collect from several query blocks, the backward accumulates
 their transposes, dK^T += Q_i^T dS_i: oneDNN wants its first operand's rows contiguous, and
@@ -34,32 +35,26 @@ def usable(q: torch.Tensor) -> bool:
     """Whether ``q`` (B, nh, T, hs) is a case this kernel is for: fp32 on a CPU, outside
     ``torch.compile``, at least ``MIN_LENGTH`` positions."""
     return (PACKING and q.dtype == torch.float32 and q.device.type == "cpu"
-            and q.shape[2] >= MIN_LENGTH and not torch.compiler.is_compiling()
-            and hasattr(torch.ops.mkldnn._linear_pointwise, "binary"))
+            and q.shape[2] >= MIN_LENGTH and not torch.compiler.is_compiling())
 
 
-_masks: dict[tuple[int, int], list[tuple[int, int, torch.Tensor]]] = {}
+_triangles: dict[int, torch.Tensor] = {}
 
 
-def _blocks(T: int, block: int) -> list[tuple[int, int, torch.Tensor]]:
-    """(r0, e, additive mask (e - r0, e)) for each block of query rows r0..e-1; the mask is
-    -inf where a key comes after its query. Kept per (T, block)."""
-    key = (T, block)
-    if key not in _masks:
-        out = []
-        for r0 in range(0, T, block):
-            e = min(r0 + block, T)
-            mask = torch.zeros(e - r0, e)
-            later = torch.ones(e - r0, e - r0, dtype=torch.bool).triu(1)
-            mask[:, r0:].masked_fill_(later, float("-inf"))
-            out.append((r0, e, mask))
-        _masks[key] = out
-    return _masks[key]
+def _triangle(block: int) -> torch.Tensor:
+    """(block, block) additive mask: -inf where a key comes after its query (kept per size)."""
+    if block not in _triangles:
+        later = torch.ones(block, block, dtype=torch.bool).triu(1)
+        _triangles[block] = torch.zeros(block, block).masked_fill_(later, float("-inf"))
+    return _triangles[block]
 
 
-def _probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T + mask) for one block: q (rows, hs) already scaled, k (e, hs)."""
-    scores = torch.ops.mkldnn._linear_pointwise.binary(q, mask, k, None, "add")  # (rows, e)
+def _probs(q: torch.Tensor, k: torch.Tensor, r0: int, triangle: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T, causal) for query rows r0.. of one block: q (rows, hs) already scaled,
+    k (e, hs) with e = r0 + rows; only the last (rows, rows) square needs the mask."""
+    rows = q.shape[0]
+    scores = onednn_linear(q, k)  # (rows, e)
+    scores[:, r0:].add_(triangle[:rows, :rows])
     return torch.softmax(scores, dim=-1)
 
 
@@ -72,12 +67,13 @@ class _BlockCausal(torch.autograd.Function):
         qs = q.mul(1 / math.sqrt(hs)).contiguous()  # (B, nh, T, hs)
         k, v = k.contiguous(), v.contiguous()  # (B, nkv, T, hs)
         out = q.new_empty(B, T, nh, hs)
-        blocks = _blocks(T, block)
+        triangle = _triangle(block)
         for b in range(B):
             for h in range(nh):
                 qh, kh, vh_t = qs[b, h], k[b, h // groups], v[b, h // groups].t()
-                for r0, e, mask in blocks:
-                    p = _probs(qh[r0:e], kh[:e], mask)
+                for r0 in range(0, T, block):
+                    e = min(r0 + block, T)
+                    p = _probs(qh[r0:e], kh[:e], r0, triangle)
                     out[b, r0:e, h] = onednn_linear(p, vh_t[:, :e])  # (rows, hs)
         ctx.save_for_backward(qs, k, v)
         ctx.block = block
@@ -94,13 +90,15 @@ class _BlockCausal(torch.autograd.Function):
         # and writes where the others add
         grad_k_t = qs.new_empty(B, nkv, hs, T)
         grad_v_t = qs.new_empty(B, nkv, hs, T)
-        blocks = _blocks(T, ctx.block)[::-1]
+        triangle = _triangle(ctx.block)
+        starts = range(0, T, ctx.block)[::-1]  # the last block first
         for b in range(B):
             for h in range(nh):
                 hk = h // groups
                 qh, kh, vh, gh = qs[b, h], k[b, hk], v[b, hk], grad[b, h]
-                for r0, e, mask in blocks:
-                    p = _probs(qh[r0:e], kh[:e], mask)  # (rows, e)
+                for r0 in starts:
+                    e = min(r0 + ctx.block, T)
+                    p = _probs(qh[r0:e], kh[:e], r0, triangle)  # (rows, e)
                     grad_p = onednn_linear(gh[r0:e], vh[:e])  # (rows, e)
                     # p * (grad_p - rowsum(p * grad_p)): the row covers all its keys
                     grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
