@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from attnkit.nn.linear import PACKING, onednn_linear
+from attnkit.nn.linear import cpu_fp32, onednn_linear
 
 BLOCK = 256  # query rows per block: 128 spends more on calls, 512 multiplies more of the square
 MIN_LENGTH = 512  # below it SDPA's kernel is as fast: one or two blocks save little
@@ -34,8 +34,7 @@ MIN_LENGTH = 512  # below it SDPA's kernel is as fast: one or two blocks save li
 def usable(q: torch.Tensor) -> bool:
     """Whether ``q`` (B, nh, T, hs) is a case this kernel is for: fp32 on a CPU, outside
     ``torch.compile``, at least ``MIN_LENGTH`` positions."""
-    return (PACKING and q.dtype == torch.float32 and q.device.type == "cpu"
-            and q.shape[2] >= MIN_LENGTH and not torch.compiler.is_compiling())
+    return q.shape[2] >= MIN_LENGTH and cpu_fp32(q)
 
 
 _triangles: dict[int, torch.Tensor] = {}

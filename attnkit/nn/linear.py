@@ -44,6 +44,13 @@ def _can_pack() -> bool:
 PACKING = _can_pack()
 
 
+def cpu_fp32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is where attnkit's oneDNN paths apply: fp32 on a CPU whose torch has
+    oneDNN, outside ``torch.compile`` (compiled code keeps PyTorch's own kernels)."""
+    return (PACKING and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` (N, K) reordered for oneDNN's decode products (a copy; see the module doc).
     The row-count hint is FAST_ROWS: packed for 8 rows, a weight streams at 43-52 GB/s here
@@ -108,8 +115,7 @@ class Linear(nn.Linear):
 
     def _cpu_fp32(self, x: torch.Tensor) -> bool:
         """The cheap checks both paths share, first, so small models lose little to them."""
-        return (PACKING and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and x.device.type == "cpu" and not torch.compiler.is_compiling())
+        return cpu_fp32(x) and self.weight.dtype == torch.float32
 
     def _train_fast(self, x: torch.Tensor) -> bool:
         w = self.weight
