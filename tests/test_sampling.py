@@ -14,6 +14,7 @@ from attnkit.config import ModelConfig
 from attnkit.errors import AttnkitError
 from attnkit.generate import (
     apply_temperature,
+    generate_batch_ids,
     generate_ids,
     sample,
     stream,
@@ -280,6 +281,23 @@ def test_empty_prompt_and_missing_tokenizer(model, tok):
         attnkit.generate(model, "ab", 3)
 
 
+def test_one_forward_pass_per_new_token(tok):
+    """n new tokens take the prefill and n - 1 one-token steps: no pass for a token after
+    the last, and the cache is sized to the run (prompt + n), not to the whole context."""
+    model = tiny_decoder(context_length=64)
+    calls, caches = [], []
+    real_forward, real_new_cache = model.forward, model.new_cache
+    model.forward = lambda ids, *a, **kw: calls.append(ids.shape) or real_forward(ids, *a, **kw)
+    model.new_cache = lambda *a: caches.append(real_new_cache(*a)) or caches[-1]
+    prompt = tok.encode("abc")
+    assert len(list(generate_ids(model, prompt, 5, temperature=0))) == 5
+    assert calls == [(1, 3)] + [(1, 1)] * 4
+    assert caches[-1].max_len == 3 + 5
+    calls.clear()
+    rows = generate_batch_ids(model, [prompt, prompt[:2]], 4, temperature=0)
+    assert [len(r) for r in rows] == [4, 4] and calls == [(2, 3)] + [(2, 1)] * 3
+
+
 def greedy_without_cache(model: Decoder, ids: list[int], n: int, window) -> list[int]:
     """Argmax of a full forward over ``window(len(ids))`` most recent tokens, each step."""
     ids = list(ids)
@@ -336,7 +354,7 @@ class ScriptedModel(torch.nn.Module):
         self.script = list(script)
         self.calls = 0
 
-    def new_cache(self, batch_size: int):
+    def new_cache(self, batch_size: int, max_len: int | None = None):
         cache = SimpleNamespace(length=0)
         cache.reset = lambda: setattr(cache, "length", 0)
         return cache

@@ -130,7 +130,9 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     ids = list(prompt_ids)
     step = compiled_step(model) if compile else None
     static = static_cache(model, 1) if compile else None
-    cache = model.new_cache(1)  # the prefill fills this one; compiled steps go on in `static`
+    # the prefill fills this one (compiled steps go on in `static`); sized to this run, not
+    # to the whole context, unless the window will slide
+    cache = model.new_cache(1, min(ctx, len(ids) + max_new_tokens))
 
     def prefill(window: list[int]) -> torch.Tensor:
         cache.reset()
@@ -141,12 +143,14 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
 
     try:
         logits = prefill(ids)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             last = _history_rules(logits[:, -1].float(), [ids], rep_penalty, no_repeat_ngram_size)
             next_id = int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p,
                                  min_p=min_p, generator=generator)[0])
             ids.append(next_id)
             yield next_id
+            if i == max_new_tokens - 1:  # no forward pass for a token nobody will ask for
+                break
             if (cache if static is None else static).length >= ctx:  # slide the window
                 logits = prefill(ids[-(ctx - 1):])
             elif step is not None:

@@ -65,7 +65,7 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     try:
         logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep,
                           **last_only(model))
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             last = no_repeat_ngram(penalize_repeats(logits[:, -1].float(), history, rep_penalty),
                                    history, no_repeat_ngram_size)
             step = [int(sample(last[b:b + 1], temperature=temperature, top_k=top_k, top_p=top_p,
@@ -75,7 +75,7 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
                     new[b].append(token)
                     history[b].append(token)
                     finished[b] = done is not None and done(b, new[b])
-            if all(finished):
+            if all(finished) or i == max_new_tokens - 1:  # no forward pass past the last token
                 break
             keep = torch.cat([keep, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
             positions = positions[:, -1:] + 1
