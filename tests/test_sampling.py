@@ -354,7 +354,7 @@ class ScriptedModel(torch.nn.Module):
         self.script = list(script)
         self.calls = 0
 
-    def new_cache(self, batch_size: int, max_len: int | None = None):
+    def new_cache(self, batch_size: int):  # takes no size, as a user's model may not
         cache = SimpleNamespace(length=0)
         cache.reset = lambda: setattr(cache, "length", 0)
         return cache

@@ -44,6 +44,15 @@ def last_only(model: torch.nn.Module) -> dict:
         else {}
 
 
+def _new_cache(model: torch.nn.Module, batch_size: int, max_len: int):
+    """``model.new_cache(batch_size, max_len)``, or ``model.new_cache(batch_size)`` for a model
+    whose cache takes no size."""
+    params = inspect.signature(model.new_cache).parameters.values()
+    if len(params) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params):
+        return model.new_cache(batch_size, max_len)
+    return model.new_cache(batch_size)
+
+
 def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: float | None,
                    ngram: int | None) -> torch.Tensor:
     """The rules that depend on the ids so far (prompt included), before :func:`sample`."""
@@ -132,7 +141,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     static = static_cache(model, 1) if compile else None
     # the prefill fills this one (compiled steps go on in `static`); sized to this run, not
     # to the whole context, unless the window will slide
-    cache = model.new_cache(1, min(ctx, len(ids) + max_new_tokens))
+    cache = _new_cache(model, 1, min(ctx, len(ids) + max_new_tokens))
 
     def prefill(window: list[int]) -> torch.Tensor:
         cache.reset()
