@@ -5,15 +5,30 @@ Python API::
     import attnkit
     model = attnkit.load("runs/pydoc-char")      # model.tokenizer is attached
     text = attnkit.generate(model, "The ", max_new_tokens=100, temperature=0.8, top_k=40)
+
+The names below are imported on first use, so ``import attnkit`` (and the ``attnkit``
+command, before it knows what it will run) does not load PyTorch: a setting that must be
+made before PyTorch starts (:func:`attnkit.runtime.huge_pages`) still can be.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from attnkit import generate  # noqa: E402  (a callable module: attnkit.generate(model, prompt))
-from attnkit.checkpoint import load  # noqa: E402
-from attnkit.config import ModelConfig, RunConfig  # noqa: E402
-from attnkit.errors import AttnkitError  # noqa: E402
-from attnkit.models import Decoder  # noqa: E402
+_LAZY = {"load": "attnkit.checkpoint", "ModelConfig": "attnkit.config",
+         "RunConfig": "attnkit.config", "AttnkitError": "attnkit.errors",
+         "Decoder": "attnkit.models"}
+
+
+def __getattr__(name: str):
+    if name == "generate":  # a callable module: attnkit.generate(model, prompt)
+        return importlib.import_module("attnkit.generate")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
+
 
 __all__ = ["load", "generate", "Decoder", "ModelConfig", "RunConfig", "AttnkitError",
            "__version__"]

@@ -327,6 +327,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+DECODING = ("sample", "serve", "translate")  # the commands that stream the weights per token
 
 # Further subcommands live in their own modules under attnkit/commands/. Each defines
 # ``add_parser(sub)`` (which calls ``set_defaults(func=run)``) and ``run(args, extra) -> int``,
@@ -355,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         func = getattr(args, "func", None) or COMMANDS[args.command]
-        from attnkit.runtime import keep_freed_memory
+        from attnkit.runtime import huge_pages, keep_freed_memory
 
+        if args.command in DECODING:
+            huge_pages()  # before anything loads torch
         keep_freed_memory()
         return func(args, extra)
     except AttnkitError as e:

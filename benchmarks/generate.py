@@ -13,8 +13,9 @@ those bytes. Results also go to ``benchmarks/results/generate.json``.
 loaded in the same precision, on the same (rounded) weights. Half-precision rows also give the
 ratio to the reference in fp32, its default. By default bf16 is timed where the hardware
 multiplies bf16 natively (CUDA, or a CPU with AVX512-BF16/AMX) and fp32 everywhere. Both sides
-run in this process with the allocator setting the ``attnkit`` command makes (freed memory kept
-for reuse, :mod:`attnkit.runtime`); ``--malloc default`` keeps glibc's defaults for both.
+run in this process with the allocator settings ``attnkit sample`` makes (freed memory kept
+for reuse, and transparent huge pages behind large tensors: :mod:`attnkit.runtime`);
+``--malloc default`` keeps glibc's and PyTorch's defaults for both.
 
     python benchmarks/generate.py [--sizes tiny gpt2-124m] [--tokens 32] [--batches 1 8]
                                   [--dtypes fp32 bf16] [--compile]
@@ -22,15 +23,21 @@ for reuse, :mod:`attnkit.runtime`); ``--malloc default`` keeps glibc's defaults 
 
 import argparse
 import copy
+import sys
 import time
 
-import torch
-from reference import add_malloc_option, apply_malloc, hf_twin, write_results
+from attnkit.runtime import huge_pages
 
-from attnkit.checkpoint import cpu_has_native_bf16, resolve_dtype
-from attnkit.config import ModelConfig, expand_presets
-from attnkit.generate import generate_batch_ids, generate_ids
-from attnkit.models import Decoder
+# as `attnkit sample` does, before torch loads (so for both sides); not with --malloc default
+HUGE_PAGES = "default" not in sys.argv and huge_pages()
+
+import torch  # noqa: E402
+from reference import add_malloc_option, apply_malloc, hf_twin, write_results  # noqa: E402
+
+from attnkit.checkpoint import cpu_has_native_bf16, resolve_dtype  # noqa: E402
+from attnkit.config import ModelConfig, expand_presets  # noqa: E402
+from attnkit.generate import generate_batch_ids, generate_ids  # noqa: E402
+from attnkit.models import Decoder  # noqa: E402
 
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
@@ -115,7 +122,8 @@ def main() -> None:
     print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"{'freed memory kept' if kept else 'default malloc'}")
+          f"{'freed memory kept' if kept else 'default malloc'}"
+          f"{', huge pages' if HUGE_PAGES else ''}")
     print(f"{'model':<12} {'dtype':>5} {'batch':>5} {'attnkit tok/s':>14} {'HF tok/s':>10} "
           f"{'ratio':>7}  same  {'bound tok/s':>11} {'attnkit':>8} {'HF':>6}  vs HF fp32")
     rows = []
@@ -170,7 +178,8 @@ def main() -> None:
                 rows.append(row)
     write_results("generate", device, kept, {
         "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
-        "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept, "rows": rows})
+        "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept,
+        "huge_pages": HUGE_PAGES, "rows": rows})
 
 
 if __name__ == "__main__":
