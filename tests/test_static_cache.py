@@ -53,6 +53,32 @@ def test_compiled_generation_gives_the_eager_tokens():
     assert model._compiled_decode["step"] is step
 
 
+def test_cuda_decoding_replays_a_cuda_graph(monkeypatch):
+    """On CUDA the step compiles with "reduce-overhead" (CUDA graphs) and the static cache's
+    buffers are marked as fixed addresses; on a CPU neither. (What a GPU does with them is
+    for benchmarks/gpu.sh.)"""
+    from attnkit.generate import compile_mode, compiled_step, static_cache
+
+    assert compile_mode(torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode(torch.device("cuda:1")) == "reduce-overhead"
+    assert compile_mode(torch.device("cpu")) is None
+    modes, marked = [], []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw["mode"]) or fn)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", marked.append)
+    model = decoder()
+    compiled_step(model)
+    compiled_step(model)
+    static_cache(model, 1)
+    assert modes == [None] and marked == []  # compiled once, for the CPU
+    import attnkit.generate as generate  # now as if the model were on a GPU
+
+    monkeypatch.setattr(generate, "compile_mode", lambda device: "reduce-overhead")
+    compiled_step(model)
+    cache = static_cache(model, 2)  # a new batch size: a new cache, marked
+    assert modes == [None, "reduce-overhead"]
+    assert [id(b) for b in marked] == [id(b) for b in [*cache.k, *cache.v, cache.pos]]
+
+
 def test_last_only_gives_the_last_row_of_the_full_logits():
     model = decoder()
     ids = torch.randint(0, 97, (2, 9))

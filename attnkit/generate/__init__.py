@@ -73,12 +73,21 @@ def compiled_step(model: torch.nn.Module):
         raise AttnkitError(f"compiled decoding is for Transformer decoders, not "
                            f"{type(model).__name__} (leave --compile off)")
     state = model.__dict__.setdefault("_compiled_decode", {})
-    if "step" not in state:
+    mode = compile_mode(model.tok_emb.weight.device)
+    if state.get("mode", "none") != mode:  # first call, or the model moved to another device
         def step(ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             return model.hidden_states(ids, cache=cache)[0]
 
-        state["step"] = torch.compile(step, dynamic=False)
+        state["step"], state["mode"] = torch.compile(step, dynamic=False, mode=mode), mode
     return state["step"]
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """``torch.compile``'s mode for the decode step on ``device``: on CUDA "reduce-overhead",
+    which also records the step as a CUDA graph and replays it, one launch a token instead of
+    one per kernel (the static cache's buffers keep their addresses, as replays need); the
+    default elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else None
 
 
 def static_cache(model: torch.nn.Module, batch_size: int):
@@ -94,6 +103,9 @@ def static_cache(model: torch.nn.Module, batch_size: int):
         cache = caches[batch_size] = StaticKVCache(cfg.n_layers, batch_size, cfg.n_kv_heads,
                                                    cfg.head_size, cfg.context_length,
                                                    device=p.device, dtype=p.dtype)
+        if compile_mode(p.device) == "reduce-overhead":  # written in place by the replays
+            for buffer in [*cache.k, *cache.v, cache.pos]:
+                torch._dynamo.mark_static_address(buffer)
     cache.reset()
     return cache
 
@@ -163,6 +175,8 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
             if (cache if static is None else static).length >= ctx:  # slide the window
                 logits = prefill(ids[-(ctx - 1):])
             elif step is not None:
+                if device.type == "cuda":  # the last replay's outputs are no longer needed
+                    torch.compiler.cudagraph_mark_step_begin()
                 logits = model.lm_head(step(torch.tensor([[next_id]], device=device), static))
             else:
                 logits, _ = model(torch.tensor([[next_id]], device=device), cache=cache)
