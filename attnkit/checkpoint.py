@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from attnkit.errors import AttnkitError
+from attnkit.nn.linear import cpu_has_native_bf16
 
 KEEP = 3  # complete checkpoints kept per run, unless train.keep_checkpoints says otherwise
 
@@ -323,18 +324,6 @@ def resolve_dtype(name: str, option: str = "--dtype") -> torch.dtype:
     if key not in DTYPES:
         raise AttnkitError(f"unknown dtype '{name}' for {option} (use fp32, bf16 or fp16)")
     return DTYPES[key]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), read from
-    /proc/cpuinfo; False where that file does not exist. Without it PyTorch emulates bf16 and
-    a bf16 model is far slower than fp32 on the CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def warn_slow_dtype(model: nn.Module) -> None:

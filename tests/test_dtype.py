@@ -67,27 +67,55 @@ def test_unknown_dtype_is_one_line(small_run, capsys):
 
 
 def test_native_bf16_reads_cpuinfo(monkeypatch, tmp_path):
+    from attnkit.nn import linear
+
     info = tmp_path / "cpuinfo"
-    real_path = checkpoint.Path
+    real_path = linear.Path
 
     def fake(p, *a):
         return real_path(info) if str(p) == "/proc/cpuinfo" else real_path(p, *a)
 
-    monkeypatch.setattr(checkpoint, "Path", fake)
+    monkeypatch.setattr(linear, "Path", fake)
     info.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
-    assert checkpoint.cpu_has_native_bf16()
+    assert linear.cpu_has_native_bf16()
     info.write_text("processor : 0\nflags : fpu sse avx2 fma\n")
-    assert not checkpoint.cpu_has_native_bf16()
+    assert not linear.cpu_has_native_bf16()
+    assert checkpoint.cpu_has_native_bf16 is linear.cpu_has_native_bf16
 
 
-def test_output_head_takes_the_plain_path_in_half_precision():
+def test_output_head_takes_the_plain_path_in_fp16():
     torch.manual_seed(0)
-    head = OutputHead(256, 1000, bias=False).to(torch.bfloat16)
-    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    head = OutputHead(256, 1000, bias=False).to(torch.float16)
+    x = torch.randn(1, 256, dtype=torch.float16)
     with torch.inference_mode():
         y = head(x)
-    assert head._packed is None  # no fp32-only packed copy was made
+    assert head._packed is None  # no packed copy was made
     assert torch.equal(y, F.linear(x, head.weight))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_decodes_through_a_packed_weight_where_the_cpu_has_native_bf16(monkeypatch, native):
+    """A CPU with native bf16 decodes bf16 through oneDNN-packed weights (about 1.7x the
+    bandwidth of PyTorch's bf16 product), with the same logits; one without keeps the plain
+    path."""
+    from attnkit.nn import linear
+
+    if native and not linear.PACKING:
+        pytest.skip("this torch has no oneDNN packing")
+    dtypes = (torch.float32, torch.bfloat16) if native else (torch.float32,)
+    monkeypatch.setattr(linear, "PACKED_DTYPES", dtypes)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1000, d_model=384, n_heads=6, n_layers=1, context_length=32)
+    model = Decoder(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 1000, (1, 5))
+    with torch.inference_mode():
+        logits, _ = model(ids[:, -1:])
+    packed = model.lm_head._packed is not None
+    assert packed == native and (model.blocks[0].attn._qkv is not None) == native
+    with torch.no_grad():  # outside inference mode: PyTorch's own bf16 product
+        reference, _ = model(ids[:, -1:])
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, reference)
 
 
 def test_sample_compile_flag_gives_the_eager_text(small_run, capsys):

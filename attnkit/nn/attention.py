@@ -95,9 +95,10 @@ class Attention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query, key and value projections of ``x``. When ``Linear`` would decode through
-        oneDNN (a CPU, fp32, a few rows, inference), the three weights are stacked and packed
-        into one (made once, remade when one changes), so a token reads them in one product:
-        ~40 GB/s against ~31 for three 768 x 768 products on this project's machines."""
+        oneDNN (a CPU, fp32 or native bf16, a few rows, inference), the three weights are
+        stacked and packed into one (made once, remade when one changes), so a token reads
+        them in one product: ~40 GB/s against ~31 for three 768 x 768 products on this
+        project's machines."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if not self.q_proj._fast(x):
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)

@@ -1,4 +1,4 @@
-"""``nn.Linear`` with oneDNN paths for fp32 decoding and training on a CPU.
+"""``nn.Linear`` with oneDNN paths for decoding (fp32 and bf16) and training (fp32) on a CPU.
 
 Decoding one token multiplies a single row (or a few) by every weight matrix of the model,
 so its speed is how fast those matrices stream from memory. In fp32 PyTorch runs that
@@ -6,17 +6,19 @@ product through MKL, which on this project's 2-core machines reads a (out, in) w
 about 18 GB/s and its (in, out) transpose (the layout of GPT-2's ``Conv1D``) at about 22
 GB/s, while oneDNN, given the same weight reordered into its blocked layout once, reads it
 at about 36 GB/s: a stack of gpt2-124m's 48 block matrices took 9.4 ms against 18.7 ms
-(``nn.Linear``) and 15.4 ms (transposed). So under ``torch.inference_mode`` on a CPU, for up
-to ``FAST_ROWS`` rows of fp32, a weight of at least ``FAST_NUMEL`` elements is used through a
-oneDNN-packed copy (``torch.ops.mkldnn._reorder_linear_weight``), made on first use and
-remade whenever the weight changes (its version counter moves on every in-place update:
-optimizer steps, ``load_state_dict``). The product is the same to float rounding.
+(``nn.Linear``) and 15.4 ms (transposed). bf16 alike: PyTorch's own bf16 product read
+gpt2-124m's matrices at 22-29 GB/s, a packed copy at 42-50 GB/s, with the same results. So
+under ``torch.inference_mode`` on a CPU, for up to ``FAST_ROWS`` rows of fp32 (or bf16, on a
+CPU that multiplies bf16 natively: ``PACKED_DTYPES``), a weight of at least ``FAST_NUMEL``
+elements is used through a oneDNN-packed copy (``torch.ops.mkldnn._reorder_linear_weight``),
+made on first use and remade whenever the weight changes (its version counter moves on
+every in-place update: optimizer steps, ``load_state_dict``). The product is the same to
+float rounding.
 
-The copy costs one more matrix of memory per weight while a model decodes in fp32 on a CPU
-(``--dtype bf16`` halves the bytes instead); training, other devices, other precisions,
-small weights (the oneDNN call costs ~15 us more than a small product) and code under
-``torch.compile`` take the plain ``nn.Linear`` path. Parameters and state-dict keys are
-those of ``nn.Linear``.
+The copy costs one more matrix of memory per weight while a model decodes on a CPU;
+training, other devices, fp16, small weights (the oneDNN call costs ~15 us more than a
+small product) and code under ``torch.compile`` take the plain ``nn.Linear`` path.
+Parameters and state-dict keys are those of ``nn.Linear``.
 
 Training takes oneDNN too. On the AMD CPUs this project runs on, MKL (PyTorch's fp32 matrix
 product) does not use AVX-512 and multiplies at ~200 GFLOP/s, where oneDNN reaches ~420-460
@@ -25,6 +27,8 @@ ms against 22.8 ms forward; the two backward products alike). So a training step
 CPU, outside autocast and ``torch.compile``, runs the forward and both backward products of
 every large enough layer (``TRAIN_MACS``) through ``torch.ops.mkldnn._linear_pointwise``.
 """
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +46,23 @@ def _can_pack() -> bool:
 
 
 PACKING = _can_pack()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), read from
+    /proc/cpuinfo; False where that file does not exist. Without it PyTorch emulates bf16 and
+    a bf16 model is far slower than fp32 on the CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# the precisions whose decode products go through a packed weight: bf16 only where the CPU
+# multiplies it natively (measured there; elsewhere bf16 keeps PyTorch's path)
+PACKED_DTYPES = (torch.float32, torch.bfloat16) if cpu_has_native_bf16() else (torch.float32,)
 
 
 def cpu_fp32(x: torch.Tensor) -> bool:
@@ -125,6 +146,10 @@ class Linear(nn.Linear):
                 and not torch.is_autocast_enabled("cpu"))
 
     def _fast(self, x: torch.Tensor) -> bool:
+        """Whether this product decodes through the packed weight (fp32, or bf16 on a CPU
+        with native bf16)."""
         # is_compiling comes before is_inference_mode_enabled, which would break a graph
         return (self.weight.numel() >= FAST_NUMEL and x.numel() <= FAST_ROWS * x.shape[-1]
-                and self._cpu_fp32(x) and torch.is_inference_mode_enabled())
+                and x.dtype in PACKED_DTYPES and self.weight.dtype == x.dtype
+                and PACKING and x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and torch.is_inference_mode_enabled())
