@@ -286,8 +286,9 @@ def test_one_forward_pass_per_new_token(tok):
     the last, and the cache is sized to the run (prompt + n), not to the whole context."""
     model = tiny_decoder(context_length=64)
     calls, caches = [], []
-    real_forward, real_new_cache = model.forward, model.new_cache
-    model.forward = lambda ids, *a, **kw: calls.append(ids.shape) or real_forward(ids, *a, **kw)
+    real_hidden, real_new_cache = model.hidden_states, model.new_cache
+    # every pass, greedy (which asks the output layer for the argmax alone) or batched
+    model.hidden_states = lambda ids, **kw: calls.append(ids.shape) or real_hidden(ids, **kw)
     model.new_cache = lambda *a: caches.append(real_new_cache(*a)) or caches[-1]
     prompt = tok.encode("abc")
     assert len(list(generate_ids(model, prompt, 5, temperature=0))) == 5

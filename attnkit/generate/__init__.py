@@ -155,31 +155,49 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     # to the whole context, unless the window will slide
     cache = _new_cache(model, 1, min(ctx, len(ids) + max_new_tokens))
 
+    # plain greedy decoding of a decoder asks its output layer for the argmax alone, which it
+    # can find reading half the bytes (OutputHead.greedy); the loop then carries the last
+    # position's hidden state (1, C) instead of its logits (1, V)
+    greedy = temperature == 0 and rep_penalty in (None, 1.0) and not no_repeat_ngram_size \
+        and hasattr(getattr(model, "lm_head", None), "greedy") and hasattr(model, "hidden_states")
+
+    def forward(tokens: list[int], c) -> torch.Tensor:
+        x = torch.tensor([tokens], device=device)
+        if greedy:
+            return model.hidden_states(x, cache=c)[0][:, -1]
+        return model(x, cache=c, **last_only(model))[0][:, -1]
+
     def prefill(window: list[int]) -> torch.Tensor:
         cache.reset()
-        logits, _ = model(torch.tensor([window], device=device), cache=cache, **last_only(model))
+        out = forward(window, cache)
         if static is not None:
             static.copy_from(cache)
-        return logits
+        return out
+
+    def choose(out: torch.Tensor) -> int:
+        if greedy:
+            return int(model.lm_head.greedy(out)[0])
+        last = _history_rules(out.float(), [ids], rep_penalty, no_repeat_ngram_size)
+        return int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          generator=generator)[0])
 
     try:
-        logits = prefill(ids)
+        out = prefill(ids)  # the last position's logits, or its hidden state (see `greedy`)
         for i in range(max_new_tokens):
-            last = _history_rules(logits[:, -1].float(), [ids], rep_penalty, no_repeat_ngram_size)
-            next_id = int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 min_p=min_p, generator=generator)[0])
+            next_id = choose(out)
             ids.append(next_id)
             yield next_id
             if i == max_new_tokens - 1:  # no forward pass for a token nobody will ask for
                 break
             if (cache if static is None else static).length >= ctx:  # slide the window
-                logits = prefill(ids[-(ctx - 1):])
+                out = prefill(ids[-(ctx - 1):])
             elif step is not None:
                 if device.type == "cuda":  # the last replay's outputs are no longer needed
                     torch.compiler.cudagraph_mark_step_begin()
-                logits = model.lm_head(step(torch.tensor([[next_id]], device=device), static))
+                hidden = step(torch.tensor([[next_id]], device=device), static)[:, -1]
+                out = hidden if greedy else model.lm_head(hidden)
             else:
-                logits, _ = model(torch.tensor([[next_id]], device=device), cache=cache)
+                out = forward([next_id], cache)
     finally:
         model.train(was_training)
 
