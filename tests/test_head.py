@@ -85,9 +85,9 @@ def screened(monkeypatch):
     return head
 
 
-def vocab_head(bias: bool, V: int = 4096, C: int = 256, seed: int = 0) -> OutputHead:
+def vocab_head(bias: bool, V: int = 16384, C: int = 256, seed: int = 0) -> OutputHead:
     torch.manual_seed(seed)
-    layer = OutputHead(C, V, bias=bias)  # 2^20 weights: the screen's smallest head
+    layer = OutputHead(C, V, bias=bias)  # 2^22 weights: the screen's smallest head
     nn.init.normal_(layer.weight, std=0.02)
     if bias:
         nn.init.normal_(layer.bias, std=0.1)
@@ -121,10 +121,10 @@ def test_greedy_separates_near_ties_the_bf16_screen_cannot(screened, gap):
         for i in range(1, 33):
             noise = torch.randn(256) * 0.5
             noise -= (noise @ x[0]) * along  # orthogonal to x: the logit does not move
-            layer.weight[(top + 97 * i) % 4096] = layer.weight[top] + noise + gap * i * along
+            layer.weight[(top + 97 * i) % 16384] = layer.weight[top] + noise + gap * i * along
     with torch.inference_mode():
         want = layer(x).argmax(-1)
-        assert int(want) == (((top + 97 * 32) % 4096) if gap > 0 else top)
+        assert int(want) == (((top + 97 * 32) % 16384) if gap > 0 else top)
         assert torch.equal(layer.greedy(x), want)
 
 

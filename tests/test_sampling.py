@@ -324,6 +324,26 @@ def test_greedy_equals_full_forward_within_the_context(pos, tok):
     assert len(set(cached)) > 1  # not a degenerate repetition of one token
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16")
+def test_greedy_through_the_output_layers_screen_gives_the_full_forward_tokens(monkeypatch):
+    """With a vocabulary-sized output layer, plain greedy decoding asks it for the argmax alone
+    (the bf16 screen, OutputHead.greedy) and never builds the fp32 logits, with the tokens of
+    full forward passes."""
+    from attnkit.nn import head
+
+    monkeypatch.setattr(head, "PACKED_DTYPES", (torch.float32, torch.bfloat16))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16384, context_length=32, d_model=256, n_layers=1, n_heads=4)
+    model = Decoder(cfg).eval()
+    prompt = [5, 700, 9000]
+    cached = list(generate_ids(model, prompt, 12, temperature=0))
+    assert cached == greedy_without_cache(model, prompt, 12, window=lambda length: length)
+    assert model.lm_head._screen is not None and model.lm_head._packed is None
+    model.lm_head._screen = None
+    list(generate_ids(model, prompt, 3, temperature=0, repetition_penalty=1.3))  # full logits
+    assert model.lm_head._screen is None and model.lm_head._packed is not None
+
+
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 def test_greedy_equals_full_forward_beyond_the_context(pos, tok):
     """Documented rule: once the sequence fills the context, the cache is refilled with the
