@@ -42,18 +42,22 @@ from attnkit.models import Decoder  # noqa: E402
 VOCAB = 50257  # GPT-2's vocabulary; --vocab-size 256 gives a byte-level model
 
 
-def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int, compile: bool = False
-                     ) -> list[list[int]]:
+def attnkit_generate(model: Decoder, prompts: list[list[int]], n: int, compile: bool = False,
+                     temperature: float = 0.0) -> list[list[int]]:
+    kw = {"temperature": temperature, "seed": 0 if temperature else None}
     if len(prompts) == 1:
-        return [list(generate_ids(model, prompts[0], n, temperature=0, compile=compile))]
-    return generate_batch_ids(model, prompts, n, temperature=0)
+        return [list(generate_ids(model, prompts[0], n, compile=compile, **kw))]
+    return generate_batch_ids(model, prompts, n, **kw)
 
 
 @torch.inference_mode()
-def hf_generate(hf, prompts: list[list[int]], n: int) -> list[list[int]]:
+def hf_generate(hf, prompts: list[list[int]], n: int, temperature: float = 0.0
+                ) -> list[list[int]]:
     ids = torch.tensor(prompts, device=hf.device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
+        if temperature else {"do_sample": False}
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                      min_new_tokens=n, do_sample=False, pad_token_id=0)
+                      min_new_tokens=n, pad_token_id=0, **sampling)
     return out[:, ids.shape[1]:].tolist()
 
 
@@ -108,6 +112,9 @@ def main() -> None:
                         help="precisions of the weights: fp32, bf16, fp16 (default fp32, plus bf16 "
                              "on CUDA or a CPU with native bf16)")
     add_malloc_option(parser)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy (default; both sides must give the same tokens); above "
+                             "0 both sides sample from the whole softmax at this temperature")
     parser.add_argument("--compile", action="store_true",
                         help="also time attnkit's compiled decode step at batch 1 "
                              "(attnkit sample --compile); the compilation is reported apart")
@@ -119,7 +126,19 @@ def main() -> None:
     dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" or cpu_has_native_bf16()
                              else ["fp32"])
     bandwidth = copy_bandwidth(device)
-    print(f"greedy, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
+    T = args.temperature
+
+    def ours_of(model, prompts, n, compile=False):
+        return attnkit_generate(model, prompts, n, compile, T)
+
+    def theirs_of(hf, prompts, n):
+        return hf_generate(hf, prompts, n, T)
+
+    def same(a, b) -> str:  # sampled tokens come from two different random streams
+        return "-" if T else "yes" if a == b else "no"
+
+    mode = f"sampled at temperature {T:g}" if T else "greedy"
+    print(f"{mode}, {args.tokens} new tokens per row after a {args.prompt_len}-token prompt, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
           f"{'freed memory kept' if kept else 'default malloc'}"
@@ -139,19 +158,19 @@ def main() -> None:
             hf = copy.deepcopy(hf32).to(device, dtype)
             for batch in args.batches:
                 prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()
-                attnkit_generate(model, prompts, args.tokens)  # warm up
-                hf_generate(hf, prompts, args.tokens)
-                t_ours, ours = timed(args.repeats, attnkit_generate, model, prompts, args.tokens)
-                t_hf, ref = timed(args.repeats, hf_generate, hf, prompts, args.tokens)
+                ours_of(model, prompts, args.tokens)  # warm up
+                theirs_of(hf, prompts, args.tokens)
+                t_ours, ours = timed(args.repeats, ours_of, model, prompts, args.tokens)
+                t_hf, ref = timed(args.repeats, theirs_of, hf, prompts, args.tokens)
                 n = batch * args.tokens
                 if dtype == torch.float32:
                     hf_fp32_speed[batch] = n / t_hf
                 row = {"size": size, "dtype": name, "vocab_size": args.vocab_size, "batch": batch,
                        "new_tokens": args.tokens, "attnkit_tokens_per_s": round(n / t_ours, 1),
                        "hf_tokens_per_s": round(n / t_hf, 1), "ratio": round(t_hf / t_ours, 3),
-                       "same_tokens": ours == ref}
+                       "same_tokens": None if T else ours == ref}
                 line = (f"{size:<12} {name:>5} {batch:>5} {n / t_ours:>14.1f} {n / t_hf:>10.1f} "
-                        f"{t_hf / t_ours:>6.2f}x  {'yes' if ours == ref else 'no ':<4}")
+                        f"{t_hf / t_ours:>6.2f}x  {same(ours, ref):<4}")
                 if batch == 1:
                     bound = bound_tokens_per_s(model, args.prompt_len, args.tokens, bandwidth)
                     row["bound_tokens_per_s"] = round(bound, 1)
@@ -163,23 +182,22 @@ def main() -> None:
                     line += f"  {row['ratio_to_hf_fp32']:>8.2f}x"
                 if args.compile and batch == 1:
                     t0 = time.perf_counter()
-                    first = attnkit_generate(model, prompts, args.tokens, True)
+                    first = ours_of(model, prompts, args.tokens, True)
                     warm = time.perf_counter() - t0
-                    t_comp, comp = timed(args.repeats, attnkit_generate, model, prompts,
-                                         args.tokens, True)
+                    t_comp, comp = timed(args.repeats, ours_of, model, prompts, args.tokens, True)
                     row.update({"compiled_tokens_per_s": round(n / t_comp, 1),
                                 "compiled_ratio": round(t_hf / t_comp, 3),
-                                "compiled_same_tokens": comp == ref == first,
+                                "compiled_same_tokens": None if T else comp == ref == first,
                                 "compile_s": round(warm, 1)})
                     line += (f"\n{'':<12} {'':>5} {'':>5} {n / t_comp:>14.1f} {'':>10} "
-                             f"{t_hf / t_comp:>6.2f}x  {'yes' if comp == ref else 'no ':<4} "
+                             f"{t_hf / t_comp:>6.2f}x  {same(comp, ref):<4} "
                              f"compiled decode step (first call {warm:.1f} s)")
                 print(line, flush=True)
                 rows.append(row)
     write_results("generate", device, kept, {
-        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "temperature": T, "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
         "cpu_native_bf16": cpu_has_native_bf16(), "malloc_kept": kept,
-        "huge_pages": HUGE_PAGES, "rows": rows})
+        "huge_pages": HUGE_PAGES, "rows": rows}, tags=("sampled",) if T else ())
 
 
 if __name__ == "__main__":
