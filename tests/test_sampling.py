@@ -175,6 +175,28 @@ def test_sample_follows_the_distribution():
     torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02, rtol=0)
 
 
+def test_draw_follows_each_rows_distribution_and_skips_zero_probabilities():
+    from attnkit.generate.sampling import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).expand(40000, 5)
+    out = draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(out, minlength=5).float() / out.numel()
+    torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
+    assert freq[1] == 0 and freq[4] == 0
+    one_hot = torch.eye(6)[[3, 0, 5]]  # each row certain of a different token
+    assert draw(one_hot).tolist() == [3, 0, 5]
+
+
+def test_draw_ends_in_the_last_possible_token_when_the_uniform_rounds_up(monkeypatch):
+    """A uniform draw that lands on the total (u * total rounds up) is past every token; the
+    draw then ends in the last token of non-zero probability, never in a zero one."""
+    from attnkit.generate.sampling import draw
+
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw["dtype"]))
+    probs = torch.tensor([[0.25, 0.25, 0.5, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.5]])
+    assert draw(probs).tolist() == [2, 4]
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     values=st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=24),
