@@ -125,7 +125,9 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     is refilled with the most recent ``context_length - 1`` tokens.
 
     ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the prompt and the
-    generated ids; they apply before greedy decoding too.
+    generated ids; they apply before greedy decoding too. Without them, greedy decoding
+    (``temperature=0``) of a decoder asks its output layer for the argmax alone
+    (:meth:`~attnkit.nn.head.OutputHead.greedy`), the same token for half the bytes read.
 
     ``compile=True`` runs the layers of each one-token step through ``torch.compile`` (a
     decoder only), into a :class:`~attnkit.nn.kv_cache.StaticKVCache`; the prefill runs
