@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from reference import RESULTS
 
 
 def rss_mb() -> float:
@@ -127,7 +128,7 @@ def main() -> None:
                                 "eager_step_mb": eager["step_mb"]})
         print(f"{ctx:>8} {fused['step_mb']:>13.0f} {eager['step_mb']:>9.0f} "
               f"{eager['step_mb'] / max(fused['step_mb'], 1e-9):>11.1f}x", flush=True)
-    out = Path(__file__).parent / "results" / "memory.json"
+    out = RESULTS / "memory.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"torch": torch.__version__, **rows}, indent=2) + "\n")
     print(f"-> {out}")

@@ -4,6 +4,7 @@ loaded back), the allocator setting both sides run under, and where results go."
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from torch import nn
 from attnkit.interop import to_hf
 from attnkit.runtime import keep_freed_memory
 
-RESULTS = Path(__file__).parent / "results"
+# where every script writes its JSON; ATTNKIT_BENCH_RESULTS elsewhere (the smoke tests use it)
+RESULTS = Path(os.environ.get("ATTNKIT_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def hf_twin(model: nn.Module) -> nn.Module:

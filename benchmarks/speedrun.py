@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from reference import RESULTS
 
 import attnkit
 from attnkit.data import split_sizes
@@ -98,7 +99,7 @@ def main() -> int:
         line += (f" | same recipe through attnkit {ref['wall_s']:.1f} s, val "
                  f"{ref['full_val_loss']:.4f} ({ref['wall_s'] / best['wall_s']:.2f}x)")
     print(line)
-    out = here / "results" / "speedrun.json"
+    out = RESULTS / "speedrun.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"target": TARGET, "torch": torch.__version__,
                                "threads": torch.get_num_threads(), "runs": results},
