@@ -79,6 +79,20 @@ def test_cuda_decoding_replays_a_cuda_graph(monkeypatch):
     assert [id(b) for b in marked] == [id(b) for b in [*cache.k, *cache.v, cache.pos]]
 
 
+def test_the_cuda_graph_settings_compile_and_decode_like_eager(monkeypatch):
+    """The step compiled in "reduce-overhead" mode into a cache whose buffers are marked as
+    fixed addresses (what CUDA gets) traces and decodes as eagerly; on a CPU inductor only
+    skips the graph capture itself."""
+    import attnkit.generate as generate
+
+    model = decoder()
+    prompt = [3, 1, 4, 1, 5]
+    eager = list(generate_ids(model, prompt, 30, temperature=0))
+    monkeypatch.setattr(generate, "compile_mode", lambda device: "reduce-overhead")
+    assert list(generate_ids(model, prompt, 30, temperature=0, compile=True)) == eager
+    assert model._compiled_decode["mode"] == "reduce-overhead"
+
+
 def test_last_only_gives_the_last_row_of_the_full_logits():
     model = decoder()
     ids = torch.randint(0, 97, (2, 9))
