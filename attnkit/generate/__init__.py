@@ -74,7 +74,7 @@ def compiled_step(model: torch.nn.Module):
                            f"{type(model).__name__} (leave --compile off)")
     state = model.__dict__.setdefault("_compiled_decode", {})
     mode = compile_mode(model.tok_emb.weight.device)
-    if state.get("mode", "none") != mode:  # first call, or the model moved to another device
+    if "step" not in state or state["mode"] != mode:  # first call, or moved to another device
         def step(ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             return model.hidden_states(ids, cache=cache)[0]
 

@@ -40,7 +40,7 @@ SCREEN_MAX_CANDIDATES = 4096  # rows beyond which the full fp32 product is cheap
 class OutputHead(Linear):
     """``nn.Linear`` (same parameters and state-dict keys) for the vocabulary projection."""
 
-    _screen: tuple | None = None  # (data_ptr, version, packed bf16 weight, row norms, max|w|)
+    _screen: tuple | None = None  # (weight key, (packed bf16 weight, row norms, max|w|))
 
     def greedy(self, x: torch.Tensor) -> torch.Tensor:
         """The argmax of ``self(x)`` for ``x`` (N, C) -> (N,), through the bf16 screen where it
@@ -48,11 +48,8 @@ class OutputHead(Linear):
         if not (self._fast(x) and x.dtype == torch.float32 and torch.bfloat16 in PACKED_DTYPES
                 and self.weight.numel() >= SCREEN_NUMEL and x.dim() == 2):
             return self(x).argmax(-1)
-        w = self.weight
-        key = (w.data_ptr(), w._version)
-        if self._screen is None or self._screen[:2] != key:
-            self._screen = (*key, pack(w.to(torch.bfloat16)), w.norm(dim=1), w.abs().max())
-        packed, norms, w_max = self._screen[2:]
+        packed, norms, w_max = self._from_weight(
+            "_screen", lambda w: (pack(w.to(torch.bfloat16)), w.norm(dim=1), w.abs().max()))
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         screen = onednn_linear(x.to(torch.bfloat16), packed, bias).float()  # (N, V)
         return torch.stack([self._pick(x[r], screen[r], norms, w_max) for r in range(len(x))])

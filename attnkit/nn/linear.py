@@ -121,18 +121,25 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) whose fp32 products on a CPU go
     through oneDNN: packed weights when decoding, :class:`_OneDNNLinear` when training."""
 
-    _packed: tuple[int, int, torch.Tensor] | None = None  # (data_ptr, version, packed weight)
+    _packed: tuple | None = None  # ((data_ptr, version), packed weight); see _from_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fast(x):
-            w = self.weight
-            key = (w.data_ptr(), w._version)
-            if self._packed is None or self._packed[:2] != key:
-                self._packed = (*key, pack(w))
-            return onednn_linear(x, self._packed[2], self.bias)
+            return onednn_linear(x, self._from_weight("_packed", pack), self.bias)
         if self._train_fast(x):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def _from_weight(self, name: str, make):
+        """``make(weight)``, kept in attribute ``name`` and made again only when the weight
+        is another tensor or was updated in place (its version counter moved)."""
+        w = self.weight
+        key = (w.data_ptr(), w._version)
+        kept = getattr(self, name)
+        if kept is None or kept[0] != key:
+            kept = (key, make(w))
+            setattr(self, name, kept)
+        return kept[1]
 
     def _cpu_fp32(self, x: torch.Tensor) -> bool:
         """The cheap checks both paths share, first, so small models lose little to them."""
