@@ -41,13 +41,29 @@ def child_env(work: Path) -> dict[str, str]:
     return env
 
 
-def torchrun(work: Path, *argv: str) -> str:
-    """``attnkit train *argv`` in two processes under torchrun; returns what they printed."""
+def launch(work: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``attnkit train *argv`` in two processes under torchrun."""
     head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run([*head, "-m", "attnkit", "train", *argv], cwd=work,
+    return subprocess.run([*head, "-m", "attnkit", "train", *argv], cwd=work,
                           env=child_env(work), capture_output=True, text=True, timeout=240)
+
+
+def torchrun(work: Path, *argv: str) -> str:
+    """``attnkit train *argv`` under torchrun, which must succeed; returns what it printed."""
+    proc = launch(work, *argv)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
+
+
+def torchrun_fails(work: Path, *argv: str) -> tuple[str, str]:
+    """``attnkit train *argv`` under torchrun, which must fail: returns our one ``error:`` line
+    (checked to be the only one) and the "Root Cause" part of torchrun's failure summary."""
+    proc = launch(work, *argv)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-4000:]  # rank 0 alone says it
+    assert "Root Cause (first observed failure):" in proc.stderr, proc.stderr[-4000:]
+    return lines[0], proc.stderr.split("Root Cause (first observed failure):")[1]
 
 
 def in_process(work: Path, monkeypatch: pytest.MonkeyPatch, *argv: str,
@@ -209,3 +225,12 @@ def test_bad_launches_are_one_line_errors(work, monkeypatch, capsys, env, argv, 
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (work / "bad" / "checkpoints").exists()
+
+
+def test_a_failed_torchrun_run_says_why_once_and_in_torchruns_summary(work):
+    """torchrun prints its own traceback and summary after our line; the summary's root cause
+    is our line (written to TORCHELASTIC_ERROR_FILE), not "To enable traceback see ..."."""
+    line, root_cause = torchrun_fails(work, *TINY, "--train.steps=abc", "--out", "bad-config")
+    assert line == "error: train.steps must be an integer, got 'abc'"
+    assert "rank      : 0" in root_cause and f"traceback : {line}\n" in root_cause
+    assert not (work / "bad-config").exists()

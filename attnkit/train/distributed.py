@@ -18,15 +18,18 @@ usual single-file checkpoint from rank 0. An FSDP run writes::
 
 Every rank writes its shards into ``.tmp-step-000500``; after a barrier rank 0
 renames the folder into place and only then moves ``latest``, so ``latest``
-always names a complete checkpoint.
+always names a complete checkpoint. ``sharded/`` is read back through
+:mod:`attnkit.train.dcp_safe`, so that nothing in it can run code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -278,13 +281,9 @@ def load_into(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     )
 
     if is_sharded(ckpt):
-        import torch.distributed.checkpoint as dcp
-
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        with warnings.catch_warnings():  # one process without a group is what we mean
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(ckpt / SHARDED), no_dist=not dist.is_initialized())
+        _load_sharded(ckpt / SHARDED, state)
         set_state_dict(model, optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
         return
@@ -302,6 +301,79 @@ def load_into(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     set_state_dict(model, optimizer, model_state_dict=weights,
                    optim_state_dict=_fqn_optimizer_state(model, optimizer, plain_optimizer),
                    options=StateDictOptions(full_state_dict=True))
+
+
+def _load_sharded(folder: Path, state: dict[str, Any]) -> None:
+    """``dcp.load`` of ``folder`` into ``state`` through :mod:`attnkit.train.dcp_safe`, so that
+    nothing in the folder can run code; every fault is one :class:`AttnkitError`, said by rank 0.
+
+    ``.metadata`` is read once before DCP starts, so that a refused or damaged file is reported
+    as itself (DCP would turn it into an AssertionError about rank-local metadata)."""
+    import torch.distributed.checkpoint as dcp
+
+    from attnkit.train.dcp_safe import SafePlanner, SafeReader
+
+    reader = SafeReader(folder)
+    _agree(folder, reader.read_metadata)
+
+    def load() -> None:
+        with warnings.catch_warnings():  # one process without a group is what we mean
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=reader, planner=SafePlanner(reader),
+                     no_dist=not dist.is_initialized())
+
+    _agree(folder, load)
+
+
+def _agree(folder: Path, step: Callable[[], object]) -> None:
+    """Run ``step`` on every rank; if it failed anywhere, rank 0 raises the one-line error and
+    the others exit quietly (the ranks meet the same fault; the exchange keeps them in step)."""
+    from torch.distributed.checkpoint import CheckpointException
+
+    error: str | None = None
+    try:
+        step()
+    except AttnkitError as e:
+        error = str(e)
+    except CheckpointException as e:  # DCP gathers every rank's exception into one
+        error = _first_fault(folder, [exc for exc, _ in e.failures.values()])
+    error = next((e for e in all_gather(error) if e), None)
+    if error is None:
+        return
+    if dist.is_initialized() and dist.get_rank() > 0:
+        raise SystemExit(2)
+    raise AttnkitError(error)
+
+
+def _first_fault(folder: Path, failures: list[BaseException]) -> str:
+    from attnkit.train.dcp_safe import refused
+
+    for exc in failures:
+        if isinstance(exc, AttnkitError):
+            return str(exc)
+    for exc in failures:  # a tensor that DCP's own torch.load(weights_only=True) refused
+        if isinstance(exc, pickle.UnpicklingError):
+            return str(refused(folder, "tensors"))
+    reason = (str(failures[0]).strip().splitlines() or [type(failures[0]).__name__])[0][:160]
+    return (f"cannot read the sharded checkpoint {folder}: {reason} (the checkpoint is damaged "
+            f"or was written for another model; resume from an earlier checkpoint)")
+
+
+def load_extras(ckpt: Path) -> dict[str, Any]:
+    """``training.pt`` of a sharded checkpoint (RNG states, the fp16 scaler): tensors and plain
+    data only, read with ``weights_only=True``; a refusal or damage is one line."""
+    from attnkit.train.dcp_safe import corrupt, load_plain
+
+    path = Path(ckpt) / "training.pt"
+    try:
+        with open(path, "rb") as f:
+            state = load_plain(f, path)
+    except FileNotFoundError:
+        raise AttnkitError(f"{ckpt} has no training.pt, so it cannot be resumed (it can still "
+                           f"be sampled)") from None
+    if not isinstance(state, dict):
+        raise corrupt(path)
+    return state
 
 
 def _is_fsdp(model: nn.Module) -> bool:
@@ -372,5 +444,5 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 __all__ = ["DistEnv", "all_gather", "all_reduce_sum", "barrier", "check_batch",
-           "checkpoint_blocks", "full_weights", "is_sharded", "load_into", "no_sync",
-           "parallelize", "read_env", "save_sharded", "setup", "teardown", "unwrap"]
+           "checkpoint_blocks", "full_weights", "is_sharded", "load_extras", "load_into",
+           "no_sync", "parallelize", "read_env", "save_sharded", "setup", "teardown", "unwrap"]
