@@ -1,9 +1,11 @@
 """The server at its trust boundary: where it binds, how much it reads, how long it may run,
-and that the API key never comes back out (not in a response, not in a log line)."""
+which values it takes (a bad one is a 400, never a 500 or a broken stream), and that the API key
+never comes back out (not in a response, not in a log line)."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
 
@@ -179,3 +181,80 @@ def test_the_serve_command_never_prints_the_key_on_a_bad_run(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--api-key", SECRET]) == 2
     out, err = capsys.readouterr()
     assert SECRET not in out + err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ sampling values
+
+
+def post_raw(server, path: str, body: dict | bytes) -> httpx.Response:
+    """``body`` as JSON that may hold NaN and Infinity (Python's json writes and reads them;
+    httpx's ``json=`` refuses to), or as the raw bytes given."""
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return post(server, path, content=content, headers={"Content-Type": "application/json"})
+
+
+CHAT = {"messages": [{"role": "user", "content": "a"}]}
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "a"}),
+    ("/v1/chat/completions", CHAT),
+], ids=["completions", "chat"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_seed_beyond_64_bits_is_a_400_before_any_byte_of_a_stream(logged_server, path, body,
+                                                                     stream):
+    r = post_raw(logged_server, path, {**body, "max_tokens": 3, "seed": 2**70, "stream": stream})
+    err = openai_error(r, 400, "invalid_value")  # the whole body is this one JSON error
+    assert err["param"] == "seed" and "2**64-1" in err["message"]
+    assert r.headers["content-type"] == "application/json" and "data:" not in r.text
+
+    # the largest seed works, whole and streamed
+    ok = post_raw(logged_server, path, {**body, "max_tokens": 3, "seed": 2**64 - 1,
+                                        "stream": stream})
+    assert ok.status_code == 200 and "error" not in ok.text, ok.text
+
+
+@pytest.mark.parametrize("fields, param, words", [
+    ({"temperature": float("nan")}, "temperature", "must be a finite number, got nan"),
+    ({"temperature": float("inf")}, "temperature", "must be a finite number, got inf"),
+    ({"temperature": -0.5}, "temperature", "must be between 0 and 2, got -0.5"),
+    ({"temperature": 10**400}, "temperature", "must be between 0 and 2"),  # no float holds it
+    ({"top_p": float("nan")}, "top_p", "must be a finite number"),
+    ({"top_p": 0}, "top_p", "must be in (0, 1], got 0"),
+    ({"top_k": 0}, "top_k", "must be at least 1, got 0"),
+    ({"top_k": -3}, "top_k", "must be at least 1, got -3"),
+    ({"n": 0}, "n", "must be at least 1, got 0"),
+    ({"n": 2}, "n", "must be at most 1, got 2"),
+    ({"seed": -1}, "seed", "must be between 0 and 2**64-1"),
+    ({"stop": ["\n", ""]}, "stop", "must not be empty"),
+    ({"max_tokens": -1}, "max_tokens", f"must be between 0 and {LIMIT}, got -1"),
+], ids=["nan temperature", "inf temperature", "negative temperature", "huge temperature",
+        "nan top_p", "zero top_p", "zero top_k", "negative top_k", "zero n", "n of 2",
+        "negative seed", "empty stop", "negative max_tokens"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_sampling_value_out_of_range_is_a_400_naming_it(logged_server, fields, param, words,
+                                                          stream):
+    r = post_raw(logged_server, "/v1/completions", {"prompt": "a", "max_tokens": 3,
+                                                    "stream": stream, **fields})
+    err = openai_error(r, 400, "invalid_value")
+    assert err["param"] == param and err["message"].startswith(f"'{param}' {words}"), err
+    assert "data:" not in r.text
+
+
+def test_the_playground_refuses_a_nan_temperature(logged_server):
+    err = openai_error(post_raw(logged_server, "/v1/attnkit/next_token",
+                                {"prompt": "a", "temperature": float("nan")}), 400, "invalid_value")
+    assert err["param"] == "temperature" and "finite" in err["message"]
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"prompt": "a", "pad": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b'{"prompt": "a", "seed": 1' + b"0" * 5000 + b"}", "too many digits"),
+], ids=["deep array", "deep field", "5000-digit number"])
+def test_json_python_cannot_parse_is_a_400(logged_server, body, words):
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/attnkit/next_token"):
+        err = openai_error(post_raw(logged_server, path, body), 400, "invalid_json")
+        assert words in err["message"]
+    assert post_raw(logged_server, "/v1/completions", {"prompt": "a", "max_tokens": 1}).status_code \
+        == 200  # and the server goes on answering

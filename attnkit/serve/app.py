@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attnkit.errors import AttnkitError
+from attnkit.generate.options import API, OptionError, check_sampling
 
 STATIC = Path(__file__).parent / "static"
 CHAT_FORMAT = "{role}: {content}\n"  # each message on its own line, then "assistant:"
@@ -167,28 +168,25 @@ def _check_type(body: dict, key: str, types: tuple, name: str, default=None):
     return value
 
 
+def _check_values(**options) -> None:
+    """:func:`check_sampling` (the CLI's check too), its refusal as a 400 naming the field."""
+    try:
+        check_sampling(**options, names=API)
+    except OptionError as e:
+        raise ApiError(400, str(e), param=e.option, code="invalid_value") from None
+
+
 def _sampling(body: dict, default_max: int, limit: int, token_key: str = "max_tokens") -> dict:
+    """The sampling fields of a completion request, every one checked before a response
+    starts, so a stream never begins for a request that must fail."""
     max_tokens = _check_type(body, token_key, (int,), "an integer", default_max)
     if token_key != "max_tokens" and body.get(token_key) is None:
         max_tokens = _check_type(body, "max_tokens", (int,), "an integer", default_max)
-    if max_tokens < 0 or max_tokens > limit:
-        raise ApiError(400, f"'max_tokens' must be between 0 and {limit}, got {max_tokens}",
-                       param="max_tokens", code="invalid_value")
-    temperature = float(_check_type(body, "temperature", (int, float), "a number", 1.0))
-    if not 0 <= temperature <= 2:
-        raise ApiError(400, f"'temperature' must be between 0 and 2, got {temperature}",
-                       param="temperature", code="invalid_value")
+    temperature = _check_type(body, "temperature", (int, float), "a number", 1.0)
     top_p = _check_type(body, "top_p", (int, float), "a number")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ApiError(400, f"'top_p' must be in (0, 1], got {top_p}", param="top_p",
-                       code="invalid_value")
     top_k = _check_type(body, "top_k", (int,), "an integer")
-    if top_k is not None and top_k < 1:
-        raise ApiError(400, "'top_k' must be at least 1", param="top_k", code="invalid_value")
     seed = _check_type(body, "seed", (int,), "an integer")
     n = _check_type(body, "n", (int,), "an integer", 1)
-    if n != 1:
-        raise ApiError(400, "only n=1 is supported", param="n", code="invalid_value")
     stop = body.get("stop")
     if stop is None:
         stops: list[str] = []
@@ -201,7 +199,12 @@ def _sampling(body: dict, default_max: int, limit: int, token_key: str = "max_to
                        param="stop", code="invalid_type")
     stream = _check_type(body, "stream", (bool,), "a boolean", False)
     options = _check_type(body, "stream_options", (dict,), "an object", {})
-    return {"max_tokens": max_tokens, "temperature": temperature,
+    # OpenAI's temperature range, one choice per request, the server's max_tokens limit; the
+    # numbers are compared as sent (a huge integer is refused, never overflows a float)
+    _check_values(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, n=n, stop=stops,
+                  max_new_tokens=max_tokens, max_temperature=2, max_n=1,
+                  max_new_tokens_limit=limit)
+    return {"max_tokens": max_tokens, "temperature": float(temperature),
             "top_p": None if top_p is None else float(top_p), "top_k": top_k, "seed": seed,
             "stop": stops, "stream": stream,
             "include_usage": bool(options.get("include_usage", False))}
@@ -266,6 +269,11 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
             body = json.loads(b"".join(chunks) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        except RecursionError:  # json parses nesting recursively: [[[[...]]]] runs out of stack
+            raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
+        except ValueError:  # an integer over Python's 4300-digit limit for parsing one
+            raise ApiError(400, "the request body holds a number with too many digits",
+                           code="invalid_json") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
         return body
@@ -468,10 +476,13 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
         prompt = _check_type(body, "prompt", (str,), "a string")
         if prompt is None:
             raise ApiError(400, "'prompt' is required", param="prompt", code="invalid_type")
-        temperature = float(_check_type(body, "temperature", (int, float), "a number", 1.0))
+        temperature = _check_type(body, "temperature", (int, float), "a number", 1.0)
         top = _check_type(body, "top", (int,), "an integer", 10)
-        if temperature < 0 or not 1 <= top <= 100:
-            raise ApiError(400, "'temperature' must be >= 0 and 'top' in 1..100", code="invalid_value")
+        _check_values(temperature=temperature, max_temperature=2)  # as for completions
+        if not 1 <= top <= 100:
+            raise ApiError(400, f"'top' must be in 1..100, got {top}", param="top",
+                           code="invalid_value")
+        temperature = float(temperature)
         ids = encode(prompt)
 
         def probs() -> torch.Tensor:
