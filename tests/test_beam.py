@@ -8,21 +8,27 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import cli
+from test_errors import refused
 from torch import nn
 
+import attnkit
 from attnkit.config import DecoderConfig, Seq2SeqConfig
 from attnkit.data.pairs import source_batch
 from attnkit.errors import AttnkitError
 from attnkit.generate import generate_ids
 from attnkit.generate.beam import (
+    beam_generate,
     beam_search,
     beam_search_seq2seq,
     greedy_seq2seq,
     length_penalty,
     translate_ids,
 )
+from attnkit.generate.sampling import repetition_penalty
 from attnkit.models import build_model
 from attnkit.nn import KVCache
+from attnkit.tokenizers import CharTokenizer
 
 EOS, START, A, B, C = range(5)
 
@@ -172,3 +178,132 @@ def test_bad_arguments_are_attnkit_errors():
         beam_search(TOY, [], max_new_tokens=3)
     with pytest.raises(AttnkitError, match="learned position table"):
         translate_ids(model, [[3, 4, 2]], pad_id=0, bos_id=1, eos_id=2, max_new_tokens=30)
+
+
+# --- the sampling rules and stop strings in beam search ---------------------------------------
+
+CHARS = list("abcdefgh \n")
+
+
+def tiny_decoder(pos: str = "rope") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(DecoderConfig(vocab_size=len(CHARS), d_model=32, n_heads=2, n_layers=2,
+                                     context_length=64, pos=pos, init_std=0.5)).eval()
+
+
+def bigrams(ids: list[int]) -> list[tuple[int, int]]:
+    return list(zip(ids, ids[1:]))
+
+
+def test_done_ends_a_beam_as_eos_does():
+    """A beam that ``done`` ends is finished exactly like one that emits EOS, its last token
+    kept: the same hypotheses, the same scores (the length penalty counts the EOS too)."""
+    model = tiny_decoder()
+    prompt, eos = [0, 1], 5
+    kw = dict(beam_size=3, max_new_tokens=12, length_penalty=0.6, n_best=3)
+    by_eos = beam_search(model, prompt, eos_id=eos, **kw)
+    by_done = beam_search(model, prompt, done=lambda ids: ids[-1] == eos, **kw)
+    assert any(len(h.tokens) < 12 for h in by_eos)  # some beams did end early
+    assert [h.tokens for h in by_done] == [h.tokens + [eos] if len(h.tokens) < 12 else h.tokens
+                                           for h in by_eos]
+    assert [h.score for h in by_done] == pytest.approx([h.score for h in by_eos], abs=1e-5)
+
+
+def test_beam_one_with_the_rules_is_greedy_with_the_rules():
+    model = tiny_decoder()
+    prompt = [0, 1, 0]
+    rules = dict(repetition_penalty=1.5, no_repeat_ngram_size=3)
+    greedy = list(generate_ids(model, prompt, 20, temperature=0, **rules))
+    assert beam_search(model, prompt, beam_size=1, max_new_tokens=20, **rules)[0].tokens == greedy
+    assert greedy != list(generate_ids(model, prompt, 20, temperature=0))
+
+
+def test_no_repeat_ngram_holds_in_every_beam():
+    model = tiny_decoder()
+    prompt = [0, 1]
+    plain = bigrams(prompt + beam_search(model, prompt, beam_size=3, max_new_tokens=30)[0].tokens)
+    assert len(set(plain)) < len(plain)  # without the rule, beam search repeats bigrams here
+    for h in beam_search(model, prompt, beam_size=3, max_new_tokens=30, n_best=3,
+                         no_repeat_ngram_size=2):
+        pairs = bigrams(prompt + h.tokens)
+        assert len(h.tokens) == 30 and len(set(pairs)) == len(pairs), h.tokens
+
+
+def test_repetition_penalty_sees_each_beams_own_history():
+    """Every hypothesis's score is its log-probability under the penalised distribution,
+    the penalty taken over the prompt and that hypothesis's own tokens, step by step."""
+    model = tiny_decoder()
+    prompt = [0, 1]
+    hyps = beam_search(model, prompt, beam_size=4, max_new_tokens=10, n_best=4,
+                       repetition_penalty=3.0)
+    assert len({tuple(h.tokens) for h in hyps}) == 4
+    plain = beam_search(model, prompt, beam_size=4, max_new_tokens=10, n_best=4)
+    assert [h.tokens for h in hyps] != [h.tokens for h in plain]
+    for h in hyps:
+        ids = prompt + h.tokens
+        logits = model(torch.tensor([ids]))[0][0, len(prompt) - 1:-1]  # (10, V)
+        total = sum(F.log_softmax(repetition_penalty(logits[t], ids[:len(prompt) + t], 3.0),
+                                  -1)[tok].item() for t, tok in enumerate(h.tokens))
+        assert h.score == pytest.approx(total, abs=1e-4)
+
+
+def test_beam_generate_stops_and_cuts_before_the_stop():
+    model, tok = tiny_decoder(), CharTokenizer(CHARS)
+    full = beam_generate(model, "ab", 30, tokenizer=tok, beam_size=3)
+    stop = full[10:12]
+    cut = beam_generate(model, "ab", 30, tokenizer=tok, beam_size=3, stop=stop)
+    assert stop in full and stop not in cut and len(cut) < 30
+    # the text is the best finished beam's, cut where its stop string begins
+    ids = beam_search(model, tok.encode("ab"), beam_size=3, max_new_tokens=30,
+                      done=lambda t: stop in tok.decode(t))[0].tokens
+    assert tok.decode(ids).index(stop) == len(cut) and tok.decode(ids).startswith(cut)
+    # with a char tokenizer, a one-character stop ends a beam exactly as that token as EOS does
+    for c in set(full):
+        as_eos = beam_search(model, tok.encode("ab"), beam_size=3, max_new_tokens=30,
+                             eos_id=tok.encode(c)[0])[0].tokens
+        assert beam_generate(model, "ab", 30, tokenizer=tok, beam_size=3, stop=c) == \
+            tok.decode(as_eos), c
+    # one beam is greedy decoding, stop strings included
+    for s in (stop, full[4:6], "\n"):
+        assert beam_generate(model, "ab", 30, tokenizer=tok, beam_size=1, stop=s) == \
+            attnkit.generate(model, "ab", 30, tokenizer=tok, temperature=0, stop=s)
+    assert beam_generate(model, "ab", 0, tokenizer=tok, beam_size=3) == ""
+
+
+# --- attnkit sample --beam --------------------------------------------------------------------
+
+
+def test_sample_beam_applies_stop_and_rules(small_run, capsys):
+    argv = ["sample", small_run, "--prompt", "The ", "--max-new-tokens", "25", "--beam", "3"]
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 0, err
+    full = out[len("The "):-1]
+    stop = next(c for c in full if c != full[0])  # a stop string that is not at the start
+    rc, out, err = cli(capsys, *argv, "--stop", stop)
+    assert rc == 0, err
+    model = attnkit.load(small_run)
+    assert stop in full and stop not in out and out.startswith("The ") and len(out) > 5
+    # a one-character stop ends a beam as an EOS token would (the run's tokenizer has none)
+    as_eos = beam_search(model, model.tokenizer.encode("The "), beam_size=3, max_new_tokens=25,
+                         eos_id=model.tokenizer.encode(stop)[0])[0].tokens
+    assert out == "The " + model.tokenizer.decode(as_eos) + "\n"
+    assert out == "The " + beam_generate(model, "The ", 25, beam_size=3, stop=stop) + "\n"
+    rc, out, err = cli(capsys, *argv, "--no-repeat-ngram", "2", "--repetition-penalty", "1.3")
+    assert rc == 0, err
+    pairs = bigrams(model.tokenizer.encode(out[:-1]))
+    assert len(set(pairs)) == len(pairs) and out != "The " + full + "\n"
+    assert out == "The " + beam_generate(model, "The ", 25, beam_size=3, no_repeat_ngram_size=2,
+                                         repetition_penalty=1.3) + "\n"
+
+
+@pytest.mark.parametrize("option", [["--temperature", "0.8"], ["--temperature", "0"],
+                                    ["--top-k", "5"], ["--top-p", "0.9"], ["--min-p", "0.1"],
+                                    ["--seed", "1"], ["--num-samples", "2"], ["--compile"]],
+                         ids=lambda o: " ".join(o))
+def test_sample_beam_refuses_sampling_only_options(small_run, capsys, option):
+    refused(cli(capsys, "sample", small_run, "--beam", "2", *option),
+            f"{option[0]} does not apply to --beam", f"drop {option[0]}")
+
+
+def test_sample_beam_below_one_is_refused(small_run, capsys):
+    refused(cli(capsys, "sample", small_run, "--beam", "0"), "--beam must be 1")

@@ -322,8 +322,8 @@ def test_batch_limits(model, tok):
     assert generate_batch(model, [], 5, tokenizer=tok) == []
     with pytest.raises(AttnkitError, match="empty"):
         generate_batch(model, ["a", ""], 5, tokenizer=tok)
-    with pytest.raises(AttnkitError, match="context"):
-        generate_batch(model, ["a" * 30], 5, tokenizer=tok)
+    with pytest.raises(AttnkitError, match="context"):  # generation may slide; a prompt may not
+        generate_batch(model, ["a" * 33], 5, tokenizer=tok)
     assert generate_batch_ids(model, [[0, 1]], 0) == [[]]
 
 

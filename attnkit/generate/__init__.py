@@ -16,8 +16,10 @@ from typing import NamedTuple
 import torch
 
 from attnkit.errors import AttnkitError
+from attnkit.generate.options import PYTHON, check_sampling  # the CLI's and the server's check
 from attnkit.generate.sampling import (
     apply_temperature,
+    history_rules,
     min_p_filter,
     no_repeat_ngram,
     repetition_penalty,
@@ -28,12 +30,8 @@ from attnkit.generate.sampling import (
 
 
 def _check_rules(min_p, rep_penalty, ngram) -> None:
-    if min_p is not None and not 0 <= min_p <= 1:
-        raise AttnkitError("min_p must be in [0, 1]")
-    if rep_penalty is not None and rep_penalty <= 0:
-        raise AttnkitError("repetition_penalty must be positive (1 is off)")
-    if ngram is not None and ngram < 0:
-        raise AttnkitError("no_repeat_ngram_size must be 0 (off) or more")
+    check_sampling(min_p=min_p, repetition_penalty=rep_penalty, no_repeat_ngram=ngram,
+                   names=PYTHON)
 
 
 def last_only(model: torch.nn.Module) -> dict:
@@ -51,13 +49,6 @@ def _new_cache(model: torch.nn.Module, batch_size: int, max_len: int):
     if len(params) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params):
         return model.new_cache(batch_size, max_len)
     return model.new_cache(batch_size)
-
-
-def _history_rules(logits: torch.Tensor, history: list[list[int]], rep_penalty: float | None,
-                   ngram: int | None) -> torch.Tensor:
-    """The rules that depend on the ids so far (prompt included), before :func:`sample`."""
-    logits = repetition_penalty(logits, history, rep_penalty)
-    return no_repeat_ngram(logits, history, ngram)
 
 
 def compiled_step(model: torch.nn.Module):
@@ -179,7 +170,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: 
     def choose(out: torch.Tensor) -> int:
         if greedy:
             return int(model.lm_head.greedy(out)[0])
-        last = _history_rules(out.float(), [ids], rep_penalty, no_repeat_ngram_size)
+        last = history_rules(out.float(), [ids], rep_penalty, no_repeat_ngram_size)
         return int(sample(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                           generator=generator)[0])
 
@@ -319,4 +310,4 @@ sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["generate", "generate_ids", "stream", "Chunk", "generate_batch", "generate_batch_ids",
            "sample", "apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter",
-           "repetition_penalty", "no_repeat_ngram"]
+           "repetition_penalty", "no_repeat_ngram", "history_rules"]

@@ -3,6 +3,11 @@
 Row ``b`` with ``pad_b`` padding tokens on its left sees its first real token at
 position 0, exactly as when it runs alone: the model gets per-row ``positions`` and a
 key padding mask, so learned, sinusoidal, RoPE and ALiBi positions all line up.
+
+Past the context each row slides its window as :func:`attnkit.generate.generate_ids` does
+alone, at its own moment: its cache slots are refilled with its most recent
+``context_length - 1`` tokens, right-aligned so that its keys stay contiguous and end at the
+newest slot (causal masking and ALiBi measure distances in cache slots).
 """
 
 from __future__ import annotations
@@ -12,8 +17,18 @@ from collections.abc import Sequence
 import torch
 
 from attnkit.errors import AttnkitError
-from attnkit.generate.sampling import no_repeat_ngram, sample
-from attnkit.generate.sampling import repetition_penalty as penalize_repeats
+from attnkit.generate.sampling import history_rules, sample
+
+
+def _keep_last(cache, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """Move the last ``n`` filled slots of ``cache`` to its front, for every row and layer,
+    and return ``keep`` (B, S) cut the same way, (B, n): room for the next tokens once every
+    row's real keys fit in ``n`` slots."""
+    S = cache.length
+    for buf in (*cache.k, *cache.v):  # each (B, nkv, max_len, hs)
+        buf[:, :, :n] = buf[:, :, S - n:S].clone()  # the ranges may overlap
+    cache.length = n
+    return keep[:, S - n:]
 
 
 @torch.inference_mode()
@@ -26,8 +41,9 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
                        done=None) -> list[list[int]]:
     """The new ids of every prompt, decoded together with one KV cache.
 
-    Row ``i`` samples with its own generator seeded ``seed + i``. The longest prompt plus
-    ``max_new_tokens`` must fit in the context (no sliding window in a batch).
+    Row ``i`` samples with its own generator seeded ``seed + i``. Every prompt must fit in
+    the context; generation may run past it, each row sliding its window as it would alone
+    (greedy rows give the tokens of :func:`~attnkit.generate.generate_ids`).
     ``done(i, ids)``, optional, says when row ``i`` may stop; generation ends when
     every row is done.
     """
@@ -39,10 +55,9 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     if any(len(p) == 0 for p in prompts_ids):
         raise AttnkitError("a prompt is empty after tokenization (give at least one character)")
     longest = max(len(p) for p in prompts_ids)
-    if longest + max_new_tokens > ctx:
-        raise AttnkitError(f"the longest prompt ({longest} tokens) plus {max_new_tokens} new "
-                           f"tokens exceeds the model's context of {ctx} (batched generation "
-                           f"does not slide the window; shorten the prompt or generate fewer)")
+    if longest > ctx:
+        raise AttnkitError(f"the prompt is {longest} tokens but the model's context is "
+                           f"{ctx} (shorten the prompt)")
     _check_rules(min_p, repetition_penalty, no_repeat_ngram_size)
     rep_penalty = repetition_penalty
     was_training = model.training
@@ -59,15 +74,18 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     history = [list(p) for p in prompts_ids]
     new: list[list[int]] = [[] for _ in range(B)]
     finished = [False] * B
-    cache = model.new_cache(B, longest + max_new_tokens)
+    filled = [len(p) for p in prompts_ids]  # each row's tokens in the cache, as if alone
+    # Without a slide the cache needs the longest prompt plus the new tokens. With one it
+    # needs ctx slots and is compacted when full, so a margin of ctx more slots makes that
+    # once per ctx steps rather than every step.
+    cache = model.new_cache(B, min(longest + max_new_tokens, 2 * ctx))
     from attnkit.generate import last_only  # the package imports this module at its end
 
     try:
         logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep,
                           **last_only(model))
         for i in range(max_new_tokens):
-            last = no_repeat_ngram(penalize_repeats(logits[:, -1].float(), history, rep_penalty),
-                                   history, no_repeat_ngram_size)
+            last = history_rules(logits[:, -1].float(), history, rep_penalty, no_repeat_ngram_size)
             step = [int(sample(last[b:b + 1], temperature=temperature, top_k=top_k, top_p=top_p,
                                min_p=min_p, generator=generators[b])[0]) for b in range(B)]
             for b, token in enumerate(step):
@@ -77,13 +95,48 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
                     finished[b] = done is not None and done(b, new[b])
             if all(finished) or i == max_new_tokens - 1:  # no forward pass past the last token
                 break
+            # a full row slides (generate_ids's rule: its cache holds ctx tokens); a finished
+            # row just rides along, its outputs unused
+            slide = [b for b in range(B) if not finished[b] and filled[b] >= ctx]
+            if cache.length == cache.max_len:  # every other row's keys fit in ctx - 1 slots
+                keep = _keep_last(cache, keep, ctx - 1)
             keep = torch.cat([keep, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-            positions = positions[:, -1:] + 1
+            # the new token's position in each row's window; a sliding or finished row's is
+            # any valid one (its slot is overwritten or never read)
+            positions = torch.tensor([[min(n, ctx - 1)] for n in filled], device=device)
             logits, _ = model(torch.tensor(step, device=device)[:, None], cache=cache,
                               positions=positions, key_padding_mask=keep)
+            filled = [n + 1 for n in filled]
+            if slide:
+                logits = _refill(model, cache, keep, logits, slide,
+                                 [history[b][-(ctx - 1):] for b in slide])
+                for b in slide:
+                    filled[b] = ctx - 1
     finally:
         model.train(was_training)
     return new
+
+
+def _refill(model: torch.nn.Module, cache, keep: torch.Tensor, logits: torch.Tensor,
+            rows: list[int], windows: list[list[int]]) -> torch.Tensor:
+    """Run ``windows`` (each ``ctx - 1`` ids) through ``model`` from an empty cache, as a
+    lone row's slide does, and put their keys and values into the last slots of ``rows`` of
+    ``cache`` (the slots before them masked out in ``keep``, in place); returns ``logits``
+    (B, 1, V) with those rows' replaced by the windows' last."""
+    from attnkit.generate import last_only
+
+    W = len(windows[0])
+    fresh = model.new_cache(len(rows), W)
+    out, _ = model(torch.tensor(windows, device=logits.device), cache=fresh,
+                   **last_only(model))  # (n, 1, V)
+    at = torch.tensor(rows, device=logits.device)
+    S = cache.length
+    for mine, theirs in zip(cache.k + cache.v, fresh.k + fresh.v, strict=True):
+        mine[at, :, S - W:S] = theirs[:, :, :W]
+    keep[at, :S - W] = False
+    logits = logits.clone()
+    logits[at, -1] = out[:, -1].to(logits.dtype)
+    return logits
 
 
 def generate_batch(model: torch.nn.Module, prompts: Sequence[str], max_new_tokens: int = 200, *,

@@ -11,12 +11,17 @@ its log-probability divided by GNMT's length penalty (Wu et al., 2016, eq. 14)
 and a source is finished once ``beam_size`` hypotheses have ended (fairseq's
 rule), or at ``max_new_tokens``. An EOS is only accepted from the best
 ``beam_size`` candidates of a step, so a finished hypothesis never outranks
-better live ones at the moment it ends.
+better live ones at the moment it ends. A ``done`` test (a stop string in the
+decoded text) ends a hypothesis the same way, its last token kept.
+
+Repetition penalty and no-repeat n-grams (:func:`attnkit.generate.sampling.history_rules`,
+as in sampling) apply to each beam's logits with that beam's own history, before the
+log-softmax: a beam's score is its log-probability under the distribution the rules leave.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 
 from attnkit.data.pairs import source_batch, special_ids
 from attnkit.errors import AttnkitError
+from attnkit.generate.sampling import history_rules
 
 
 @dataclass
@@ -90,11 +96,10 @@ def beam_search_seq2seq(model: torch.nn.Module, src_ids: torch.Tensor,
         logits, _ = model(bos, src_ids=src_ids, src_mask=src_mask, cache=cache)
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
-            return F.log_softmax(model(tokens, cache=cache)[0][:, -1].float(), dim=-1)
+            return model(tokens, cache=cache)[0][:, -1].float()
 
-        first = F.log_softmax(logits[:, -1].float(), dim=-1)
-        return _beam_search(step, first, cache, beam_size, eos_id, max_new_tokens,
-                            length_penalty, n_best)
+        return _beam_search(step, logits[:, -1].float(), cache, beam_size, eos_id,
+                            max_new_tokens, length_penalty, n_best)
 
 
 # --- decoder-only models ----------------------------------------------------------------------
@@ -102,9 +107,16 @@ def beam_search_seq2seq(model: torch.nn.Module, src_ids: torch.Tensor,
 @torch.no_grad()
 def beam_search(model: torch.nn.Module, prompt_ids: list[int], *, beam_size: int = 4,
                 max_new_tokens: int = 50, length_penalty: float = 0.0, eos_id: int | None = None,
-                n_best: int = 1) -> list[Hypothesis]:
+                n_best: int = 1, repetition_penalty: float | None = None,
+                no_repeat_ngram_size: int | None = None,
+                done: Callable[[list[int]], bool] | None = None) -> list[Hypothesis]:
     """Continuations of ``prompt_ids`` by a decoder-only model (one with ``new_cache`` and
-    ``cache=``), best first. Without ``eos_id`` every beam runs ``max_new_tokens`` tokens."""
+    ``cache=``), best first. Without ``eos_id`` or ``done`` every beam runs ``max_new_tokens``
+    tokens. ``done(tokens)`` (the new tokens so far) ends a beam like an EOS but keeps its
+    last token; the rules see the prompt and the beam's tokens, as in sampling."""
+    from attnkit.generate import _check_rules  # the package's own check, for its keywords
+
+    _check_rules(None, repetition_penalty, no_repeat_ngram_size)
     if not prompt_ids:
         raise AttnkitError("the prompt is empty after tokenization (give at least one character)")
     cfg = model.cfg
@@ -120,34 +132,76 @@ def beam_search(model: torch.nn.Module, prompt_ids: list[int], *, beam_size: int
         logits, _ = model(torch.tensor([prompt_ids], device=device), cache=cache)
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
-            return F.log_softmax(model(tokens, cache=cache)[0][:, -1].float(), dim=-1)
+            return model(tokens, cache=cache)[0][:, -1].float()
 
-        first = F.log_softmax(logits[:, -1].float(), dim=-1)
-        return _beam_search(step, first, cache, beam_size, eos_id, max_new_tokens,
-                            length_penalty, n_best)[0]
+        return _beam_search(step, logits[:, -1].float(), cache, beam_size, eos_id,
+                            max_new_tokens, length_penalty, n_best, prompts=[list(prompt_ids)],
+                            rep_penalty=repetition_penalty, ngram=no_repeat_ngram_size,
+                            done=done)[0]
+
+
+def beam_generate(model: torch.nn.Module, prompt: str, max_new_tokens: int = 50, *,
+                  tokenizer=None, beam_size: int = 4, length_penalty: float = 0.0,
+                  repetition_penalty: float | None = None,
+                  no_repeat_ngram_size: int | None = None,
+                  stop: Sequence[str] | str | None = None) -> str:
+    """The best beam's continuation of ``prompt`` as text: :func:`beam_search` with the
+    tokenizer's ``eos`` (if it has one), ending a beam whose text contains a stop string
+    and cutting the text before the first one, as :func:`attnkit.generate.stream` does."""
+    from attnkit.generate import _first_stop, _stops, _tokenizer
+
+    tokenizer = _tokenizer(model, tokenizer)
+    stops = _stops(stop)
+    done = None
+    if stops:
+        def done(tokens: list[int]) -> bool:
+            return _first_stop(tokenizer.decode(tokens), stops) >= 0
+    eos = getattr(tokenizer, "special_tokens", {}).get("eos")
+    prompt_ids = tokenizer.encode(prompt)
+    if max_new_tokens == 0 and prompt_ids:  # nothing to search for, as when sampling
+        return ""
+    best = beam_search(model, prompt_ids, beam_size=beam_size,
+                       max_new_tokens=max_new_tokens, length_penalty=length_penalty, eos_id=eos,
+                       repetition_penalty=repetition_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size, done=done)[0]
+    text = tokenizer.decode(best.tokens)
+    at = _first_stop(text, stops)
+    return text if at < 0 else text[:at]
 
 
 # --- the search itself ------------------------------------------------------------------------
 
 def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tensor, cache,
-                 k: int, eos_id: int | None, max_new_tokens: int, alpha: float, n_best: int
+                 k: int, eos_id: int | None, max_new_tokens: int, alpha: float, n_best: int,
+                 *, prompts: list[list[int]] | None = None, rep_penalty: float | None = None,
+                 ngram: int | None = None, done: Callable[[list[int]], bool] | None = None
                  ) -> list[list[Hypothesis]]:
-    """Beam search from ``first`` (B, V), the log-probabilities after the prompt or BOS, with
-    ``cache`` holding B rows; ``step(tokens (B*k, 1)) -> (B*k, V)`` runs one decoding step."""
+    """Beam search from ``first`` (B, V), the logits after the prompt or BOS, with ``cache``
+    holding B rows; ``step(tokens (B*k, 1)) -> logits (B*k, V)`` runs one decoding step.
+    ``prompts`` (one id list per source, default none) begin each beam's history for the
+    rules; ``done(tokens)`` ends a beam as EOS does, its last token kept."""
     if k < 1:
         raise AttnkitError(f"beam size must be at least 1, got {k}")
     if max_new_tokens < 1:
         raise AttnkitError(f"max new tokens must be at least 1, got {max_new_tokens}")
     B, V = first.shape
     device = first.device
+    prompts = prompts or [[] for _ in range(B)]
+    rules = rep_penalty not in (None, 1.0) or bool(ngram)
+
+    def log_probs(logits: torch.Tensor, histories: list[list[int]]) -> torch.Tensor:
+        if rules:
+            logits = history_rules(logits, histories, rep_penalty, ngram)
+        return F.log_softmax(logits, dim=-1)
+
     cache.reorder(torch.arange(B, device=device).repeat_interleave(k))  # every beam a copy
-    logprobs = first.repeat_interleave(k, dim=0)  # (B*k, V)
+    logprobs = log_probs(first, prompts).repeat_interleave(k, dim=0)  # (B*k, V)
     # Only beam 0 is live at the start, so the first step picks k distinct tokens.
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
     seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(B)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
+    over = [False] * B  # per source: no more steps
     n_cand = min(2 * k, k * V)  # enough that k live candidates remain even if k end in EOS
     for t in range(max_new_tokens):
         last = t == max_new_tokens - 1
@@ -158,7 +212,7 @@ def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tens
         rows, tokens, new_scores, new_seqs = [], [], [], []
         for b in range(B):
             live: list[tuple[int, int, float]] = []  # (beam, token, score)
-            if not done[b]:
+            if not over[b]:
                 for rank in range(n_cand):
                     s, j, tok = top_scores[b][rank], top_beam[b][rank], top_tok[b][rank]
                     if s == float("-inf"):
@@ -167,6 +221,11 @@ def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tens
                         if rank < k:
                             n = len(seqs[b][j]) + 1
                             finished[b].append(Hypothesis(seqs[b][j], s / length_penalty(n, alpha)))
+                    elif done is not None and done(seqs[b][j] + [tok]):  # ends as EOS would
+                        if rank < k:
+                            n = len(seqs[b][j]) + 1
+                            finished[b].append(Hypothesis(seqs[b][j] + [tok],
+                                                          s / length_penalty(n, alpha)))
                     else:
                         live.append((j, tok, s))
                         if len(live) == k:
@@ -175,7 +234,7 @@ def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tens
                     finished[b] += [Hypothesis(seqs[b][j] + [tok], s / length_penalty(
                         len(seqs[b][j]) + 1, alpha)) for j, tok, s in live]
                 if last or len(finished[b]) >= k or not live:
-                    done[b] = True
+                    over[b] = True
             # A finished source (or one with fewer than k live beams) keeps dummy rows.
             live += [(0, eos_id if eos_id is not None else 0, float("-inf"))] * (k - len(live))
             for j, tok, s in live:
@@ -183,12 +242,13 @@ def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tens
                 tokens.append(tok)
                 new_scores.append(s)
                 new_seqs.append(seqs[b][j] + [tok])
-        if all(done):
+        if all(over):
             break
         seqs = [new_seqs[b * k:(b + 1) * k] for b in range(B)]
         scores = torch.tensor(new_scores, device=device).view(B, k)
         cache.reorder(torch.tensor(rows, device=device))
-        logprobs = step(torch.tensor(tokens, device=device)[:, None])
+        histories = [prompts[r // k] + seq for r, seq in enumerate(new_seqs)] if rules else []
+        logprobs = log_probs(step(torch.tensor(tokens, device=device)[:, None]), histories)
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
 
 
@@ -226,20 +286,54 @@ def translate_ids(model: torch.nn.Module, sources: list[list[int]], *, pad_id: i
     return out
 
 
+def _decoding_ids(model: torch.nn.Module, tokenizer) -> tuple[int, int, int, int | None]:
+    """(pad, decoder start, eos, source bos) for :func:`translate`.
+
+    A converted BART run (``model.token_ids``, from its ``config.json``) uses its config's
+    ids as ``generate`` does: decoding starts from ``decoder_start`` (BART's is EOS, not the
+    tokenizer's ``<s>``), and each source is framed ``bos ... eos`` as BART's tokenizer frames
+    it. An id the config leaves null falls back as in ``generate`` (``decoder_start`` to
+    ``bos``), then to the tokenizer's. A run attnkit trained has no ``token_ids``: the
+    tokenizer's pad/bos/eos, with no bos before the source (it was trained on text + EOS)."""
+    ids = getattr(model, "token_ids", None)
+    if ids is None:
+        pad_id, bos_id, eos_id = special_ids(tokenizer)
+        return pad_id, bos_id, eos_id, None
+    own = getattr(tokenizer, "special_tokens", {}) or {}
+
+    def first(*values: int | None) -> int | None:
+        return next((v for v in values if v is not None), None)
+
+    pad_id, start_id, eos_id = (first(ids.get("pad"), own.get("pad")),
+                                first(ids.get("decoder_start"), ids.get("bos"), own.get("bos")),
+                                first(ids.get("eos"), own.get("eos")))
+    if None in (pad_id, start_id, eos_id):  # neither the config nor the tokenizer names one
+        special_ids(tokenizer)  # raises the error naming what the tokenizer lacks
+    return pad_id, start_id, eos_id, first(ids.get("bos"), own.get("bos"))
+
+
 def translate(model: torch.nn.Module, texts: list[str], *, tokenizer=None, beam_size: int = 1,
               length_penalty: float = 0.6, max_new_tokens: int | None = None,
               batch_size: int = 64) -> list[str]:
-    """Translate each of ``texts`` with a trained encoder-decoder (``attnkit.load(run)``)."""
+    """Translate each of ``texts`` with a trained encoder-decoder (``attnkit.load(run)``),
+    with the ids :func:`_decoding_ids` gives."""
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise AttnkitError("no tokenizer: pass tokenizer=... or load the model with attnkit.load")
-    pad_id, bos_id, eos_id = special_ids(tokenizer)
+    pad_id, bos_id, eos_id, src_bos = _decoding_ids(model, tokenizer)
     sources = []
     for text in texts:
         try:
-            sources.append(tokenizer.encode(text) + [eos_id])
+            text_ids = tokenizer.encode(text)
         except AttnkitError as e:
             raise AttnkitError(f"cannot translate {text[:40]!r}: {e}") from None
+        if src_bos is None:  # attnkit's own runs (or no bos at all): text + EOS
+            sources.append(text_ids + [eos_id])
+            continue
+        # BART's framing <s> ... </s>, not doubled by a tokenizer whose encode adds them.
+        body = text_ids[1:] if text_ids[:1] == [src_bos] else text_ids
+        body = body[:-1] if body[-1:] == [eos_id] else body
+        sources.append([src_bos] + body + [eos_id])
     ids = translate_ids(model, sources, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
                         beam_size=beam_size, length_penalty=length_penalty,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -109,6 +109,16 @@ def no_repeat_ngram(logits: torch.Tensor, previous_ids: Sequence | torch.Tensor,
     return flat.view_as(logits)
 
 
+def history_rules(logits: torch.Tensor, history: Sequence | torch.Tensor,
+                  rep_penalty: float | None, ngram: int | None) -> torch.Tensor:
+    """The rules that depend on the ids so far: :func:`repetition_penalty`, then
+    :func:`no_repeat_ngram`, with ``history`` as their ``previous_ids`` (the prompt and the
+    output; one list per row). Sampling, batched generation and beam search (each beam
+    with its own history) all apply them through this one function, before :func:`sample`
+    or the beam's log-softmax."""
+    return no_repeat_ngram(repetition_penalty(logits, history, rep_penalty), history, ngram)
+
+
 def sample(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, generator: torch.Generator | None = None,
            min_p: float | None = None) -> torch.Tensor:
