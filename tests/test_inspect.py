@@ -20,6 +20,7 @@ TINY = ["--model.d_model=32", "--model.context_length=32", "--train.batch_size=4
         "--train.steps=3", "--no-samples"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPT = "def f(x):"
+MASKED = "def f([MASK]): re<|mask|>urn"
 
 
 def is_png(path: Path) -> bool:
@@ -128,19 +129,92 @@ def test_lstm_run_gets_only_the_next_token_picture(env, capsys, tmp_path):
     assert "attention" not in data and len(data["next_token"]) == 3
 
 
-def test_encoder_run_gets_attention_but_no_next_token(env, capsys, tmp_path):
-    rc, out, err = cli(capsys, "inspect", "encoder", "--prompt", PROMPT, "--out", tmp_path)
+def test_encoder_run_gets_attention_and_the_mask_view_but_no_next_token(env, capsys, tmp_path):
+    rc, out, err = cli(capsys, "inspect", "encoder", "--prompt", MASKED, "--out", tmp_path)
     assert rc == 0, err
     data = json.loads((tmp_path / "inspect.json").read_text())
     T = len(data["ids"])
-    assert T == len(PROMPT) + 2 and data["tokens"][0].startswith("<|")  # [CLS] ... [SEP]
+    assert T == len(MASKED) - len("[MASK]<|mask|>") + 2 + 2  # a mask is one token; [CLS] ... [SEP]
+    assert data["tokens"][0].startswith("<|")
     w = torch.tensor(data["attention"]["weights"])
     assert w.shape == (1, 2, T, T)
     assert torch.allclose(w.sum(-1), torch.ones(1, 2, T), atol=1e-4)
     assert (w.triu(diagonal=1) > 0).any()  # bidirectional: later keys are seen too
     assert is_png(tmp_path / "attention_layer0_head1.png") and is_png(tmp_path / "attention_entropy.png")
     assert not (tmp_path / "next_token.png").exists() and "next_token" not in data
-    assert "does not continue text" in out
+
+
+def _mlm_logits(model, ids: list[int]) -> torch.Tensor:
+    """(T, V) straight from the model's contract: an encoder without a classifier gives MLM logits."""
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0][0]
+
+
+def test_mask_view_prints_the_mlm_argmax_at_each_mask(env, capsys, tmp_path):
+    rc, out, err = cli(capsys, "inspect", "encoder", "--prompt", MASKED, "--out", tmp_path,
+                       "--top", "3")
+    assert rc == 0, err
+    model = attnkit.load(env / "encoder", device="cpu")
+    tok = model.tokenizer
+    sp = tok.special_tokens
+    # built here by hand: [CLS] "def f(" [MASK] "): re" [MASK] "urn" [SEP]; <|mask|> is accepted too
+    ids = [sp["cls"], *tok.encode("def f("), sp["mask"], *tok.encode("): re"), sp["mask"],
+           *tok.encode("urn"), sp["sep"]]
+    data = json.loads((tmp_path / "inspect.json").read_text())
+    assert data["ids"] == ids
+    positions = [i for i, t in enumerate(ids) if t == sp["mask"]]
+    assert [m["position"] for m in data["masked"]] == positions
+    logits = _mlm_logits(model, ids)
+    for k, (pos, entry) in enumerate(zip(positions, data["masked"])):
+        best = int(logits[pos].argmax())
+        at_1 = next(d for d in entry["distributions"] if d["temperature"] == 1.0)
+        assert at_1["top"][0]["id"] == best and len(at_1["top"]) == 3
+        probs = torch.softmax(logits[pos], -1)
+        assert at_1["top"][0]["prob"] == pytest.approx(float(probs[best]), abs=1e-6)
+        line = next(x for x in out.splitlines() if x.startswith(f"[MASK] {k + 1} of 2 "))
+        assert line.startswith(f"[MASK] {k + 1} of 2 (token {pos}) at T=1: "
+                               f"'{nums.token_label(tok, best)}' {float(probs[best]):.3f}, "), line
+    assert is_png(tmp_path / "masked_tokens.png") and str(tmp_path / "masked_tokens.png") in out
+
+
+def _saved_encoder(env: Path, name: str, tokenizer=None, **model) -> Path:
+    """A run directory built directly from the MLM run's config, with ``model`` changes."""
+    from attnkit.checkpoint import save_checkpoint, write_json
+    from attnkit.config import config_from_dict
+    from attnkit.models import build_model
+    from attnkit.tokenizers import load_tokenizer
+
+    cfg = config_from_dict(json.loads((env / "encoder" / "config.json").read_text()))
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    run = env / name
+    run.mkdir()
+    write_json(run / "config.json", cfg.to_dict())
+    (tokenizer or load_tokenizer(env / "encoder" / "tokenizer.json")).save(run / "tokenizer.json")
+    torch.manual_seed(0)
+    save_checkpoint(run, build_model(cfg.model), None, {"step": 0})
+    return run
+
+
+def test_mask_view_refusals_are_one_documented_line(env, capsys, tmp_path):
+    from test_errors import refused
+
+    from attnkit.tokenizers import CharTokenizer
+
+    refused(cli(capsys, "inspect", "encoder", "--prompt", PROMPT, "--out", tmp_path),
+            "the prompt has no [MASK]", 'e.g. --prompt "def f([MASK]):"')
+    classifier = _saved_encoder(env, "classifier", mlm_head=False, n_labels=2)
+    refused(cli(capsys, "inspect", classifier, "--prompt", MASKED),
+            "without a masked-LM head (a classifier)")
+    assert not (classifier / "inspect").exists()  # refused before anything is written
+    chars = json.loads((env / "encoder" / "tokenizer.json").read_text())["chars"]
+    no_mask = _saved_encoder(env, "no-mask", CharTokenizer(chars, ("pad", "cls", "sep")))
+    refused(cli(capsys, "inspect", no_mask, "--prompt", MASKED, "--out", tmp_path),
+            "has no mask token")
+    # without a [MASK], an encoder that cannot fill one still shows its attention
+    rc, out, err = cli(capsys, "inspect", classifier, "--prompt", PROMPT, "--out", tmp_path / "c")
+    assert rc == 0, err
+    assert is_png(tmp_path / "c" / "attention_entropy.png") and "no [MASK] predictions" in out
 
 
 def test_seq2seq_draws_cross_attention_of_its_own_translation(env, tmp_path, capsys):

@@ -19,16 +19,19 @@ import attnkit  # noqa: E402
 from attnkit.checkpoint import model_state  # noqa: E402
 from attnkit.cli import main  # noqa: E402
 from attnkit.config import Seq2SeqConfig  # noqa: E402
+from attnkit.data.pairs import source_batch  # noqa: E402
 from attnkit.errors import AttnkitError  # noqa: E402
-from attnkit.generate.beam import greedy_seq2seq  # noqa: E402
+from attnkit.generate.beam import greedy_seq2seq, translate  # noqa: E402
 from attnkit.interop import from_hf, to_hf  # noqa: E402
 from attnkit.interop.bart import (  # noqa: E402
     POSITIONS,
     from_hf_bart,
     hf_names,
     hf_tensors,
+    read_token_ids,
     seq2seq_config_in,
     to_hf_bart,
+    token_ids_in,
 )
 from attnkit.interop.decoder import ConfigReader  # noqa: E402
 from attnkit.models import Seq2Seq  # noqa: E402
@@ -98,7 +101,8 @@ def test_logits_match(tmp_path, kw):
     ours = from_hf(tmp_path)  # the dispatch by model_type
     assert isinstance(ours, Seq2Seq) and ours.cfg.pos == "learned" and ours.cfg.embedding_norm
     assert ours.cfg.scale_embeddings is bool(kw.get("scale_embedding", False))
-    assert ours.token_ids == {"pad": 1, "bos": 0, "eos": 2, "decoder_start": 2}
+    assert ours.token_ids == {"pad": 1, "bos": 0, "eos": 2, "decoder_start": 2, "forced_bos": None,
+                              "forced_eos": 2}
     x = inputs()
     diff = (ours_logits(ours, x) - hf_logits(hf, x)).abs().max().item()
     assert diff <= 1e-4, diff
@@ -128,6 +132,174 @@ def test_greedy_tokens_match_generate(tmp_path):
     # Again with a token the first row emits at step 10 as EOS: generation stops there.
     got, expected = both(got[0][10])
     assert got == expected and min(map(len, got)) <= 10
+
+
+#: Ids unlike BART's defaults (and unlike the test tokenizer's <s> 0, <pad> 1, </s> 2), so
+#: that ids taken from anywhere but config.json would show.
+ODD_IDS = dict(pad_token_id=4, bos_token_id=5, eos_token_id=6, decoder_start_token_id=7,
+               forced_eos_token_id=None)
+
+
+def _word_tokenizer(path) -> None:
+    """A tokenizer.json whose specials are <s> 0, <pad> 1, </s> 2 (as BART's)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(4, V)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.save(str(path / "tokenizer.json"))
+
+
+def _odd_bart_run(tmp_path, capsys, with_tokenizer: bool, *, loud: bool = False):
+    """A tiny BART saved with :data:`ODD_IDS` (and :func:`_word_tokenizer`'s tokenizer.json if
+    ``with_tokenizer``), converted with ``attnkit convert``: (hf model, run, convert's stdout).
+    ``loud``: noise of std 1 on the weight matrices instead of :func:`perturbed`'s 0.1, so the
+    greedy output varies with the source and the start token (a quieter random model repeats
+    one token whatever it reads), and a stronger EOS row, so one row ends at EOS."""
+    torch.manual_seed(0)
+    hf = transformers.BartForConditionalGeneration(hf_config(**ODD_IDS))
+    if loud:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in hf.parameters():
+                noise = torch.randn(p.shape, generator=g)
+                if p.dim() == 2:  # matrices only: noisy norms and biases favour one token again
+                    p.add_(noise)
+            hf.model.shared.weight[6] *= 2.0
+        hf.eval()
+    else:
+        perturbed(hf)
+        with torch.no_grad():  # a random model ends at once; a weaker EOS row lets it speak first
+            hf.model.shared.weight[6] *= 0.5
+    hf.save_pretrained(tmp_path / "hf")  # config.json, generation_config.json, no tokenizer
+    if with_tokenizer:
+        _word_tokenizer(tmp_path / "hf")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(run)]) == 0
+    return hf, run, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("with_tokenizer", [False, True])
+def test_converted_run_keeps_the_config_ids_and_generates_like_transformers(
+        tmp_path, capsys, with_tokenizer):
+    hf, run, out = _odd_bart_run(tmp_path, capsys, with_tokenizer)
+    assert "token ids kept from config.json: pad 4, bos 5, eos 6, decoder_start 7" in out
+    assert ("works on token ids only" in out) is not with_tokenizer
+
+    ours = attnkit.load(run, device="cpu")
+    assert (ours.tokenizer is not None) is with_tokenizer
+    gen = hf.generation_config
+    expected_ids = {"pad": gen.pad_token_id, "bos": gen.bos_token_id, "eos": gen.eos_token_id,
+                    "decoder_start": gen.decoder_start_token_id, "forced_bos": None,
+                    "forced_eos": None}
+    assert ours.token_ids == read_token_ids(run) == expected_ids
+    assert expected_ids["decoder_start"] == 7 and hf.config.pad_token_id == 4
+
+    x = inputs()
+    with torch.no_grad():  # transformers' own ids, from the same config
+        hf_out = hf.generate(x["input_ids"], attention_mask=x["attention_mask"], do_sample=False,
+                             num_beams=1, max_new_tokens=24, min_length=0, no_repeat_ngram_size=0)
+    assert hf_out[:, 0].eq(7).all()  # generate starts from decoder_start_token_id
+    expected = [until_eos(row[1:], 6) for row in hf_out.tolist()]
+    got = greedy_seq2seq(ours, x["input_ids"], x["attention_mask"],
+                         bos_id=ours.token_ids["decoder_start"], eos_id=ours.token_ids["eos"],
+                         max_new_tokens=24)
+    assert got == expected and all(got)
+
+    assert main(["convert", str(run), "--to-hf", str(tmp_path / "back")]) == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert {k: back[k] for k in ODD_IDS} == ODD_IDS  # and export writes them back
+
+
+class _IdsTokenizer:
+    """``tok`` whose ``decode`` shows the ids themselves, so outputs compare id for id (text
+    drops special tokens); with ``framed``, ``encode`` already adds BART's ``bos ... eos``."""
+
+    def __init__(self, tok, framed: bool = False) -> None:
+        self.tok, self.framed, self.special_tokens = tok, framed, tok.special_tokens
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tok.encode(text)
+        return [ODD_IDS["bos_token_id"], *ids, ODD_IDS["eos_token_id"]] if self.framed else ids
+
+    def decode(self, ids: list[int]) -> str:
+        return str(list(ids))
+
+
+def test_translate_decodes_a_converted_run_like_generate(tmp_path, capsys):
+    hf, run, _ = _odd_bart_run(tmp_path, capsys, with_tokenizer=True, loud=True)
+    ours = attnkit.load(run, device="cpu")
+    tok = ours.tokenizer
+    g = torch.Generator().manual_seed(2)
+    texts = [" ".join(f"w{i}" for i in torch.randint(8, V, (n,), generator=g).tolist())
+             for n in (9, 5, 2)]
+
+    def generate(sources: list[list[int]], **kw) -> list[list[int]]:
+        src, mask = source_batch(sources, pad_id=4)
+        with torch.no_grad():
+            out = hf.generate(src, attention_mask=mask.long(), do_sample=False, num_beams=1,
+                              max_new_tokens=24, min_length=0, forced_bos_token_id=None,
+                              forced_eos_token_id=None, no_repeat_ngram_size=0, **kw)
+        assert out[:, 0].eq(kw.get("decoder_start_token_id", 7)).all()  # row[0]: the start
+        return [until_eos(row[1:], 6) for row in out.tolist()]
+
+    # The BART way: <s> text </s>, with the config's ids (bos 5, eos 6; the tokenizer's are 0, 2).
+    expected = generate([[5, *tok.encode(t), 6] for t in texts])
+    assert all(expected) and sorted(map(len, expected)) == [18, 24, 24]  # one ends at EOS
+    # This model tells the framing and the start token apart, so getting either wrong shows.
+    assert generate([[*tok.encode(t), 6] for t in texts]) != expected
+    assert generate([[5, *tok.encode(t), 6] for t in texts], decoder_start_token_id=0) != expected
+
+    def ours_out(tokenizer=None) -> list[str]:
+        return translate(ours, texts, tokenizer=tokenizer, beam_size=1, max_new_tokens=24)
+
+    assert ours_out(_IdsTokenizer(tok)) == [str(r) for r in expected]
+    assert ours_out(_IdsTokenizer(tok, framed=True)) == [str(r) for r in expected]  # not doubled
+    assert ours_out() == [tok.decode(r) for r in expected]
+    argv = ["translate", str(run), *[a for t in texts for a in ("--text", t)], "--max-new-tokens", "24"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == [tok.decode(r) for r in expected]
+
+
+def test_generation_config_ids_win_and_bad_ids_are_refused(tmp_path):
+    data = hf_config().to_dict()
+    assert token_ids_in(data, {"decoder_start_token_id": 0})["decoder_start"] == 0
+    assert token_ids_in(data, {"decoder_start_token_id": None})["decoder_start"] == 2
+    with pytest.raises(AttnkitError, match=r"config.json: eos_token_id=64 is not a token id"):
+        token_ids_in({**data, "eos_token_id": V}, None, tmp_path / "config.json")
+    hf_bart(tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"forced_bos_token_id": [0]}')
+    with pytest.raises(AttnkitError, match=r"generation_config.json: forced_bos_token_id=\[0\] is "
+                                           r"not a token id"):
+        from_hf_bart(tmp_path)
+
+
+def test_id_refusals_are_one_documented_line(tmp_path, capsys):
+    from test_errors import error_line
+
+    hf_bart(tmp_path / "hf")
+    folder, run = tmp_path / "hf", str(tmp_path / "run")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "generation_config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": 99}))
+
+    def refused(*argv: str, words: str) -> None:
+        capsys.readouterr()
+        assert main(list(argv)) == 2
+        error_line(capsys.readouterr().err, words)
+
+    refused("convert", "--from-hf", str(folder), "--out", run, words="eos_token_id=99 is not a token id")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text("[2]")
+    refused("convert", "--from-hf", str(folder), "--out", run, words="is not a JSON object")
+    (folder / "generation_config.json").unlink()
+    assert main(["convert", "--from-hf", str(folder), "--out", run]) == 0
+    refused("translate", run, "--text", "hi", words="has no tokenizer.json, so text cannot be encoded")
+    (tmp_path / "run" / "token_ids.json").write_text('{"eos": "two"}')
+    refused("translate", run, "--text", "hi", words="token_ids.json is not a map of token names")
 
 
 def test_import_export_import_is_bit_identical(tmp_path):

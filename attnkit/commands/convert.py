@@ -45,9 +45,16 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             raise AttnkitError(f"--from-hf DIR needs --out RUN and nothing else (usage: {USAGE})")
         model = convert_from_hf(args.from_hf, args.out)
         tok = model.tokenizer
-        note = f", {tok.kind} tokenizer" if tok is not None else \
-            " (no tokenizer.json in the source: the run has no tokenizer)"
+        note = f", {tok.kind} tokenizer" if tok is not None else ", no tokenizer"
         print(f"converted {args.from_hf} ({_describe(model)}){note} -> {args.out}")
+        ids = getattr(model, "token_ids", None)
+        if ids is not None:  # BART: the ids of its config.json, kept in token_ids.json
+            print("token ids kept from config.json: " +
+                  ", ".join(f"{k} {v}" for k, v in ids.items() if v is not None))
+        if tok is None:
+            print(f"no tokenizer.json in {args.from_hf}: the run works on token ids only "
+                  f"(attnkit.load and decoding from ids work; commands that take text need the "
+                  f"model's tokenizer.json copied into {args.out})")
         return 0
     if args.to_hf is not None:
         if args.run is None or args.out is not None:

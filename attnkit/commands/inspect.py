@@ -2,7 +2,8 @@
 
 With ``--prompt``: the attention of every layer and head on the prompt (one heatmap PNG per
 layer and head), the mean attention entropy per layer and head, and the next-token
-distribution at several temperatures. With ``--embeddings``: a PCA of the token embedding
+distribution at several temperatures (for a masked-LM encoder: the distribution at each
+``[MASK]`` written in the prompt). With ``--embeddings``: a PCA of the token embedding
 table. Every number drawn is also written to JSON beside the pictures.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from attnkit.errors import AttnkitError
+from attnkit.tokenizers.specials import HF_SPELLINGS
 
 
 def add_parser(sub) -> None:
@@ -25,10 +28,12 @@ def add_parser(sub) -> None:
         epilog="examples:\n"
                "  attnkit inspect runs/pydoc-char --prompt \"def __init__(self\"\n"
                "  attnkit inspect runs/pydoc-char --prompt \"The \" --layer 0 --head 1\n"
+               "  attnkit inspect runs/encoder-mlm --prompt \"def __init__([MASK]elf)\"\n"
                "  attnkit inspect runs/pydoc-char --embeddings --out pictures/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a run directory, e.g. runs/pydoc-char")
-    p.add_argument("--prompt", help="text to run through the model")
+    p.add_argument("--prompt", help="text to run through the model (for a masked-LM encoder, "
+                   "with [MASK] where a token is to be predicted)")
     p.add_argument("--embeddings", action="store_true",
                    help="plot the token embedding table on its first two principal axes")
     p.add_argument("--out", type=Path, help="output folder (default: RUN/inspect)")
@@ -37,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--head", type=int, help="draw attention heatmaps of this head only")
     p.add_argument("--temperatures", default="0.5,1,2",
                    help="comma-separated softmax temperatures (default 0.5,1,2)")
-    p.add_argument("--top", type=int, default=10, help="tokens listed per temperature (10)")
+    p.add_argument("--top", type=int, default=10, help="tokens listed per temperature, or "
+                   "per [MASK] (10)")
     p.add_argument("--device", default="cpu", help="cpu | auto | cuda | mps (default cpu)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
@@ -79,6 +85,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if getattr(model, "tokenizer", None) is None:
         raise AttnkitError(f"{args.run} has no tokenizer.json, so the prompt cannot be encoded "
                            f"(add the model's tokenizer.json to the folder)")
+    mask_id = None  # refused before anything is written, like the other bad prompts below
+    if family == "encoder" and args.prompt is not None:
+        mask_id = _mask_id(model, args.run, args.prompt)
     out = args.out or Path(args.run) / "inspect"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +98,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.prompt is not None and family == "seq2seq":
         written += inspect_seq2seq(model, args, out, summary)
     elif args.prompt is not None:
-        written += inspect_prompt(model, family, args, temperatures, out, summary)
+        written += inspect_prompt(model, family, args, temperatures, out, summary, mask_id)
     if args.embeddings:
         written += inspect_embeddings(model, out, summary)
     print(f"wrote {len(written)} files to {out}:")
@@ -100,9 +109,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _encode(model, family: str, prompt: str) -> list[int]:
+def _encode(model, family: str, prompt: str, mask_id: int | None = None) -> list[int]:
+    """The prompt's ids; an encoder's framed ``[CLS] ... [SEP]``, with ``mask_id`` at each
+    mask marker (plain text never encodes to a special token, so the markers are cut out and
+    the text between them encoded piece by piece)."""
     tok = model.tokenizer
-    ids = tok.encode(prompt)  # unseen characters raise AttnkitError
+    if mask_id is None:
+        ids = tok.encode(prompt)  # unseen characters raise AttnkitError
+    else:
+        pieces = _marker_pattern(tok).split(prompt)
+        ids = tok.encode(pieces[0]) if pieces[0] else []
+        for piece in pieces[1:]:
+            ids += [mask_id] + (tok.encode(piece) if piece else [])
     if family == "encoder":  # framed like the encoder's training inputs: [CLS] ... [SEP]
         specials = getattr(tok, "special_tokens", {}) or {}
         ids = ([specials["cls"]] if "cls" in specials else []) + ids + \
@@ -116,14 +134,93 @@ def _encode(model, family: str, prompt: str) -> list[int]:
     return ids
 
 
+def _marker_pattern(tokenizer) -> re.Pattern:
+    """What a prompt may write for a masked token: ``[MASK]``, ``<mask>``, ``<|mask|>`` (how
+    tokenizers attnkit trains spell it) or the tokenizer's own spelling, longest first."""
+    spellings = set(HF_SPELLINGS["mask"])
+    mask_id = (getattr(tokenizer, "special_tokens", {}) or {}).get("mask")
+    if mask_id is not None:
+        try:
+            own = tokenizer.decode([mask_id], skip_special=False).strip()
+        except (AttnkitError, TypeError, ValueError, KeyError):
+            own = ""
+        if own:
+            spellings.add(own)
+    return re.compile("|".join(re.escape(m) for m in sorted(spellings, key=len, reverse=True)))
+
+
+def _mask_id(model, run: Path, prompt: str) -> int | None:
+    """The id each mask marker of an encoder's prompt becomes, or None for a prompt without
+    markers on an encoder that cannot fill them (a classifier: attention pictures only)."""
+    tok = model.tokenizer
+    mask_id = (getattr(tok, "special_tokens", {}) or {}).get("mask")
+    has_head = getattr(model, "mlm_head", None) is not None
+    marked = _marker_pattern(tok).search(prompt) is not None
+    if marked and not has_head:
+        raise AttnkitError(f"{run} is an encoder without a masked-LM head (a classifier), so it "
+                           f"cannot fill in [MASK] (drop [MASK] from the prompt to see its "
+                           f"attention, or inspect a run trained with --data.task=mlm)")
+    if marked and mask_id is None:
+        raise AttnkitError(f"the tokenizer of {run} has no mask token, so [MASK] cannot be "
+                           f"encoded (drop [MASK] from the prompt to see its attention, or "
+                           f"inspect a run trained with --data.task=mlm)")
+    if not marked and has_head and mask_id is not None:
+        raise AttnkitError(f"the prompt has no [MASK] for the encoder {run} to fill in (write "
+                           f"[MASK] where a token is to be predicted, e.g. --prompt "
+                           f"\"def f([MASK]):\")")
+    return mask_id if marked else None
+
+
+def _mask_context(prompt: str, pattern: re.Pattern, k: int, width: int = 24) -> str:
+    """The prompt around its ``k``-th marker (from 0), that marker written ``[?]``, the other
+    markers ``[MASK]``; each side cut to ``width`` characters, never inside a ``[MASK]``."""
+    m = list(pattern.finditer(prompt))[k]
+    left = pattern.sub("[MASK]", prompt[:m.start()])
+    right = pattern.sub("[MASK]", prompt[m.end():])
+    if len(left) > width:
+        left = left[-width + 3:]
+        cut = left.find("]")
+        left = "..." + (left[cut + 1:] if cut != -1 and "[" not in left[:cut] else left)
+    if len(right) > width:
+        right = right[:width - 3]
+        cut = right.rfind("[")
+        right = (right[:cut] if cut != -1 and "]" not in right[cut:] else right) + "..."
+    return repr(left + "[?]" + right)
+
+
+def inspect_masks(model, args, ids: list[int], x, mask_id: int, temperatures: list[float],
+                  out: Path, summary: list[str]) -> tuple[list[dict], Path]:
+    """The masked-LM distribution at each masked position: the JSON entries, one summary line
+    per mask (the top ``--top`` tokens at the temperature closest to 1) and one bar chart."""
+    from attnkit.viz import inspect as nums
+    from attnkit.viz import plots
+
+    positions = [i for i, t in enumerate(ids) if t == mask_id]
+    logits = nums.masked_logits(model, x, positions)  # (M, V)
+    pattern = _marker_pattern(model.tokenizer)
+    entries, panels = [], []
+    for k, (pos, row) in enumerate(zip(positions, logits)):
+        dists = nums.next_token(row, temperatures, args.top, model.tokenizer)
+        entries.append({"position": pos, "distributions": dists})
+        where = f"[MASK] {k + 1} of {len(positions)} (token {pos})"
+        panels.append({"title": f"{where}: {_mask_context(args.prompt, pattern, k)}",
+                       "distributions": dists})
+        ref = min(dists, key=lambda d: abs(d["temperature"] - 1.0))
+        shown = ", ".join(f"'{e['token']}' {e['prob']:.3f}" for e in ref["top"])
+        summary.append(f"{where} at T={ref['temperature']:g}: {shown}")
+    return entries, plots.masked_token_bars(panels, out / "masked_tokens.png")
+
+
 def inspect_prompt(model, family: str, args, temperatures: list[float], out: Path,
-                   summary: list[str]) -> list[Path]:
+                   summary: list[str], mask_id: int | None = None) -> list[Path]:
+    """Attention, entropy and the next-token picture of a decoder or LSTM; for an encoder, the
+    masked-token view at each marker that ``mask_id`` (from :func:`_mask_id`) replaces."""
     import torch
 
     from attnkit.viz import inspect as nums
     from attnkit.viz import plots
 
-    ids = _encode(model, family, args.prompt)
+    ids = _encode(model, family, args.prompt, mask_id)
     tokens = [nums.token_label(model.tokenizer, i) for i in ids]
     device = next(model.parameters()).device
     x = torch.tensor([ids], dtype=torch.long, device=device)
@@ -157,8 +254,15 @@ def inspect_prompt(model, family: str, args, temperatures: list[float], out: Pat
     else:
         summary.append(f"no attention: {family} models have none, so only the next-token "
                        f"picture is drawn")
-    if family == "encoder":
-        summary.append("no next-token distribution: an encoder does not continue text")
+    if family == "encoder" and mask_id is not None:
+        data["masked"], png = inspect_masks(model, args, ids, x, mask_id, temperatures, out,
+                                            summary)
+        written.append(png)
+    elif family == "encoder":  # one that cannot fill a [MASK] (_mask_id refused any)
+        why = ("has no masked-LM head" if getattr(model, "mlm_head", None) is None
+               else "has a tokenizer without a mask token")
+        summary.append(f"no [MASK] predictions: this encoder {why} (a classifier), and an "
+                       f"encoder does not continue text")
     else:
         logits = nums.last_logits(model, x)
         dists = nums.next_token(logits, temperatures, args.top, model.tokenizer)

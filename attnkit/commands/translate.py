@@ -57,7 +57,11 @@ def load_seq2seq(run_dir: Path, device: str, command: str):
     if family != "seq2seq":
         raise AttnkitError(f"{run_dir} is an {family} model; attnkit {command} needs a seq2seq "
                            f"run (train one with `attnkit train seq2seq-reverse`)")
-    return attnkit.load(run_dir, device=device)
+    model = attnkit.load(run_dir, device=device)
+    if model.tokenizer is None:  # converted from a Hugging Face folder without one
+        raise AttnkitError(f"{run_dir} has no tokenizer.json, so text cannot be encoded (add the "
+                           f"model's tokenizer.json to the directory)")
+    return model
 
 
 def check_decoding_args(args: argparse.Namespace) -> None:

@@ -15,6 +15,11 @@ exceptions handled here rather than in the key map:
 Hugging Face's ``"gelu"`` is the exact erf GELU (attnkit's ``gelu``), ``"gelu_new"`` the tanh
 form (``gelu_tanh``). BART's LayerNorms have PyTorch's default eps, 1e-5.
 
+The special ids come from the checkpoint's ``config.json`` (and ``generation_config.json``,
+which ``generate`` reads first), never from a tokenizer: ``model.token_ids`` holds pad, bos,
+eos, decoder_start, forced_bos and forced_eos, a converted run keeps them in
+``token_ids.json`` (:data:`TOKEN_IDS_FILE`), and export writes them back.
+
 ::
 
     model = from_hf_bart("bart-folder/")   # Seq2Seq, eval mode, .tokenizer attached (or None)
@@ -25,6 +30,7 @@ Like the rest of :mod:`attnkit.interop`, only JSON and safetensors are read.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,13 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
 ACTIVATIONS_OUT = {v: k for k, v in ACTIVATIONS.items()}
 #: attnkit's special-token names -> BART's config keys.
 TOKEN_KEYS = {"pad": "pad_token_id", "bos": "bos_token_id", "eos": "eos_token_id"}
+#: The ids generation uses beside them: the first decoder input, and the tokens ``generate``
+#: forces first and at the length limit.
+GENERATION_KEYS = {"decoder_start": "decoder_start_token_id", "forced_bos": "forced_bos_token_id",
+                   "forced_eos": "forced_eos_token_id"}
+ID_KEYS = {**TOKEN_KEYS, **GENERATION_KEYS}
+#: Where a converted run keeps ``model.token_ids`` (JSON: name -> id or null).
+TOKEN_IDS_FILE = "token_ids.json"
 
 
 def _linear(ours: str, theirs: str) -> tuple:
@@ -154,11 +167,44 @@ def seq2seq_config_in(r: ConfigReader) -> Seq2SeqConfig:
         raise AttnkitError(f"{r.path}: {e}") from None
 
 
-def token_ids_in(data: dict[str, Any]) -> dict[str, int | None]:
-    """BART's pad/bos/eos/decoder-start ids (``decoder_start`` is the first decoder input)."""
-    out = {name: data.get(key) for name, key in TOKEN_KEYS.items()}
-    out["decoder_start"] = data.get("decoder_start_token_id")
+def token_ids_in(data: dict[str, Any], generation: dict[str, Any] | None = None,
+                 where: Path | str = "config.json") -> dict[str, int | None]:
+    """The ids :data:`ID_KEYS` names (None where unset), from a BART ``config.json`` (``data``)
+    and its ``generation_config.json`` (``generation``), whose values win as in ``generate``."""
+    vocab = data.get("vocab_size", 50265)
+    out: dict[str, int | None] = {}
+    for name, key in ID_KEYS.items():
+        source = generation if generation and generation.get(key) is not None else data
+        value = source.get(key)
+        if value is not None and not (type(value) is int and 0 <= value < vocab):
+            file = Path(where).with_name("generation_config.json") if source is generation else where
+            raise AttnkitError(f"{file}: {key}={value!r} is not a token id (attnkit needs an "
+                               f"integer from 0 to vocab_size - 1, or null)")
+        out[name] = value
     return out
+
+
+def save_token_ids(run_dir: Path, ids: dict[str, int | None]) -> None:
+    """Write ``ids`` to the run's :data:`TOKEN_IDS_FILE`."""
+    write_json(Path(run_dir) / TOKEN_IDS_FILE, {name: ids.get(name) for name in ID_KEYS})
+
+
+def read_token_ids(run_dir: str | Path) -> dict[str, int | None] | None:
+    """A converted BART run's token ids (:func:`save_token_ids`), or None for a run without
+    :data:`TOKEN_IDS_FILE` (attnkit's own runs: their ids are the tokenizer's)."""
+    path = Path(run_dir) / TOKEN_IDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        data = None
+    ok = isinstance(data, dict) and set(data) <= set(ID_KEYS) and all(
+        v is None or (type(v) is int and v >= 0) for v in data.values())
+    if not ok:
+        raise AttnkitError(f"{path} is not a map of token names to ids (the run directory is "
+                           f"damaged; convert the Hugging Face folder again)")
+    return {name: data.get(name) for name in ID_KEYS}
 
 
 def check_exportable(cfg: Seq2SeqConfig) -> None:
@@ -176,8 +222,8 @@ def check_exportable(cfg: Seq2SeqConfig) -> None:
 
 def seq2seq_config_out(cfg: Seq2SeqConfig, token_ids: dict[str, int | None] | None = None
                        ) -> dict[str, Any]:
-    """A Hugging Face BART ``config.json`` (as a dict) for ``cfg``. ``token_ids``: pad, bos, eos
-    and decoder_start; an unknown ``decoder_start`` is ``bos``, where attnkit starts decoding."""
+    """A Hugging Face BART ``config.json`` (as a dict) for ``cfg``. ``token_ids``: the names of
+    :data:`ID_KEYS`; an unknown ``decoder_start`` is ``bos``, where attnkit starts decoding."""
     check_exportable(cfg)
     ids = dict(token_ids or {})
     if ids.get("decoder_start") is None:
@@ -194,8 +240,8 @@ def seq2seq_config_out(cfg: Seq2SeqConfig, token_ids: dict[str, int | None] | No
         "dropout": cfg.dropout, "attention_dropout": cfg.dropout, "activation_dropout": 0.0,
         "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": cfg.init_std,
         "tie_word_embeddings": True,
-        **{key: ids.get(name) for name, key in TOKEN_KEYS.items()},
-        "decoder_start_token_id": ids["decoder_start"], "forced_eos_token_id": None,
+        **{key: ids.get(name) for name, key in ID_KEYS.items()},
+        "decoder_start_token_id": ids["decoder_start"],
     }
 
 
@@ -269,9 +315,24 @@ def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
     model.to(resolve_device(device)).eval()
     tokenizer = folder_tokenizer(folder)
     model.tokenizer = tokenizer
-    model.token_ids = token_ids_in(data)
+    model.token_ids = token_ids_in(data, _generation_config(folder), folder / "config.json")
     model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve())))
     return model
+
+
+def _generation_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's ``generation_config.json`` as a dict, or None where there is none."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise AttnkitError(f"{path} is not a JSON object (re-save the model with save_pretrained, "
+                           f"or delete the file to use the ids of config.json)")
+    return data
 
 
 # --- export --------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 - :func:`attention_entropy`: per layer and head, the entropy of each query's attention row,
   averaged over the queries (nats; 0 = always one key, ``log T`` at most).
 - :func:`next_token`: ``softmax(logits / T)`` at the last position for several temperatures.
+- :func:`masked_logits`: an encoder's masked-LM logits at the masked positions, for the same
+  per-temperature lists (the ``[MASK]`` view).
 - :func:`embedding_pca`: the token embedding table projected on its first principal axes.
 """
 
@@ -58,6 +60,18 @@ def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
     """Logits (V,) for the token after the first sequence of ``ids`` (B, T)."""
     logits, _ = model(ids)
     return logits[0, -1].float().cpu()
+
+
+@torch.no_grad()
+def masked_logits(model, ids: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """Masked-LM logits (M, V) at ``positions`` of the first sequence of ``ids`` (B, T).
+
+    Read from the masked-LM head directly: ``model(ids)`` would give class logits for an
+    encoder that also has a classifier."""
+    if getattr(model, "mlm_head", None) is None:
+        raise ValueError("this encoder has no masked-LM head")
+    hidden, _ = model.hidden_states(ids)  # (B, T, C)
+    return model.mlm_head(hidden[0, list(positions)]).float().cpu()  # (M, V)
 
 
 def next_token(logits: torch.Tensor, temperatures: Sequence[float], top: int, tokenizer=None

@@ -69,21 +69,25 @@ def entropy_grid(entropy, path: Path, max_entropy: float) -> Path:
     return _save(fig, path)
 
 
-def next_token_bars(dists: list[dict], path: Path, prompt_label: str) -> Path:
-    """The top tokens of the first listed temperature closest to 1, as grouped bars with one
-    bar per temperature: low temperatures sharpen the distribution, high ones flatten it."""
-    plt = _plt()
+def _bar_tokens(dists: list[dict]) -> tuple[list[int], list[str]]:
+    """The ids and labels drawn: the top tokens of the temperature closest to 1, then up to 5
+    tokens that are only in another temperature's top list."""
     ref = min(dists, key=lambda d: abs(d["temperature"] - 1.0))
     order = [e["id"] for e in ref["top"]]
     labels = [e["token"] for e in ref["top"]]
-    for d in dists:  # a token in another temperature's top list but not the reference's
+    for d in dists:
         for e in d["top"]:
             if e["id"] not in order and len(order) < len(ref["top"]) + 5:
                 order.append(e["id"])
                 labels.append(e["token"])
+    return order, labels
+
+
+def _temperature_bars(ax, dists: list[dict]) -> None:
+    """Grouped bars on ``ax``, one bar per temperature for each of :func:`_bar_tokens`."""
+    order, labels = _bar_tokens(dists)
     n, m = len(order), len(dists)
     width = 0.8 / m
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * n + 2.0), 4.0))
     for k, d in enumerate(dists):
         probs = {e["id"]: e["prob"] for e in d["top"]}
         xs = [i + (k - (m - 1) / 2) * width for i in range(n)]
@@ -93,7 +97,36 @@ def next_token_bars(dists: list[dict], path: Path, prompt_label: str) -> Path:
     top = max(e["prob"] for d in dists for e in d["top"])
     ax.set_ylim(0, min(1.0, 1.15 * top))
     ax.legend()
+
+
+def _bars_width(dists: list[dict]) -> float:
+    return max(6.0, 0.55 * len(_bar_tokens(dists)[0]) + 2.0)
+
+
+def next_token_bars(dists: list[dict], path: Path, prompt_label: str) -> Path:
+    """The top tokens of the first listed temperature closest to 1, as grouped bars with one
+    bar per temperature: low temperatures sharpen the distribution, high ones flatten it."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(_bars_width(dists), 4.0))
+    _temperature_bars(ax, dists)
     ax.set_title(f"next token after {prompt_label}: softmax(logits / T)")
+    return _save(fig, path)
+
+
+def masked_token_bars(masks: list[dict], path: Path) -> Path:
+    """One panel per masked position (``masks``: dicts with ``title`` and ``distributions``,
+    the per-temperature lists of :func:`attnkit.viz.inspect.next_token`), drawn as
+    :func:`next_token_bars` draws the next token, the legend beside the bars."""
+    plt = _plt()
+    width = max(max(_bars_width(m["distributions"]), 0.085 * len(m["title"]) + 1.0)
+                for m in masks) + 1.2  # + the legend
+    fig, axes = plt.subplots(len(masks), 1, figsize=(width, 0.4 + 3.4 * len(masks)),
+                             squeeze=False)
+    for ax, m in zip(axes[:, 0], masks):
+        _temperature_bars(ax, m["distributions"])
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+        ax.set_title(m["title"], fontsize=10)
+    fig.suptitle("masked-LM prediction at each [MASK]: softmax(logits / T)")
     return _save(fig, path)
 
 
