@@ -20,6 +20,7 @@ Weights are safetensors; the optimizer state is read back with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -86,14 +87,27 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             torch.save({"optimizer": optimizer.state_dict(), **(extra_tensors or {})},
                        tmp / "optimizer.pt")
         write_json(tmp / "state.json", state)
-    except OSError as e:
+    except WRITE_ERRORS as e:
+        error = _write_error(ckpt_root, e)  # while the disk is still as full as the write found it
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(ckpt_root, e) from None
+        raise error from None
     return publish_checkpoint(run_dir, tmp, name, keep)
 
 
-def _write_error(ckpt_root: Path, e: OSError) -> AttnkitError:
-    return AttnkitError(f"could not write checkpoint in {ckpt_root}: {e.strerror or e} "
+#: What a failed write raises: the OS's own error, and on a full disk torch.save's
+#: ``RuntimeError`` ("file write failed") and safetensors' ``SafetensorError``.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _write_error(ckpt_root: Path, e: Exception) -> AttnkitError:
+    reason = getattr(e, "strerror", None)
+    if not reason:  # torch and safetensors do not say why; the free space usually does
+        try:
+            full = shutil.disk_usage(ckpt_root if ckpt_root.exists() else ckpt_root.parent).free < 2**20
+        except OSError:
+            full = False
+        reason = os.strerror(errno.ENOSPC) if full else str(e).strip().splitlines()[-1][:200]
+    return AttnkitError(f"could not write checkpoint in {ckpt_root}: {reason} "
                         f"(free disk space or choose another --out)")
 
 
@@ -118,13 +132,14 @@ def publish_checkpoint(run_dir: Path, tmp: Path, name: str, keep: int = KEEP) ->
             os.replace(final, aside)
         os.replace(tmp, final)
         _fsync_write(ckpt_root / "latest", name + "\n")
-    except OSError as e:
+    except WRITE_ERRORS as e:
+        error = _write_error(ckpt_root, e)
         shutil.rmtree(tmp, ignore_errors=True)
         if aside.exists() and final.exists():  # replaced; only ``latest`` failed
             shutil.rmtree(aside, ignore_errors=True)
         elif aside.exists():  # put the set-aside checkpoint back
             os.replace(aside, final)
-        raise _write_error(ckpt_root, e) from None
+        raise error from None
     shutil.rmtree(aside, ignore_errors=True)
     prune_checkpoints(ckpt_root, keep)
     return final
@@ -287,6 +302,53 @@ def check_tokenizer_matches(run_dir: Path, ckpt: Path) -> None:
                        f"tokenizer from another run?); copy {saved} over it")
 
 
+def check_config_matches(run_dir: Path, ckpt: Path) -> None:
+    """Refuse a run whose ``config.json`` differs from the copy saved inside its checkpoint.
+
+    The checkpoint's copy is the config its weights were trained with. An edit of the run's
+    ``config.json`` that keeps the shapes (``ffn=relu``, ``scale_embeddings=true``) would
+    load without complaint and silently compute something else, so any difference is an
+    error naming both files. Settings change through overrides (``--train.*`` on resume)."""
+    saved, current = Path(ckpt) / "config.json", Path(run_dir) / "config.json"
+    if not saved.is_file():
+        return  # older checkpoints carry no copy
+    try:
+        theirs = json.loads(saved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise AttnkitError(f"{saved} is not valid JSON (the checkpoint is damaged; restore it or "
+                           f"use an earlier checkpoint)") from None
+    ours = read_run_config(run_dir)
+    key = _first_difference(ours, theirs)
+    if key is not None:
+        here, there = (_lookup(d, key) for d in (ours, theirs))
+        raise AttnkitError(f"{current} says {key}={here} but the checkpoint was trained with "
+                           f"{key}={there} ({saved}); copy {saved} over {current} (settings "
+                           f"change through overrides, not by editing config.json)")
+
+
+_ABSENT = object()
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key at which two parsed JSON values differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            found = _first_difference(a.get(k, _ABSENT), b.get(k, _ABSENT), key)
+            if found is not None:
+                return found
+        return None
+    return None if a == b and type(a) is type(b) else (prefix or "(the whole file)")
+
+
+def _lookup(d: Any, key: str) -> str:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return "absent"
+        d = d[part]
+    return json.dumps(d)
+
+
 def resolve_device(name: str = "auto", option: str = "--train.device") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit device must exist. ``option`` is
     the command-line flag that set ``name``, for the error message."""
@@ -351,6 +413,7 @@ def load(run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> nn.M
     with native bf16 (AVX512-BF16, AMX). Logits are turned back to fp32 before sampling."""
     from attnkit.config import config_from_dict
     from attnkit.interop import from_hf, is_hf_dir
+    from attnkit.interop.bart import read_token_ids
     from attnkit.models import build_model
     from attnkit.tokenizers import load_tokenizer
 
@@ -360,9 +423,12 @@ def load(run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> nn.M
         return from_hf(run_dir).to(resolve_device(device, "--device"), dtype).eval()
     ckpt = latest_checkpoint(run_dir)
     cfg = config_from_dict(read_run_config(run_dir))
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    check_config_matches(run_dir, ckpt)
+    token_ids = read_token_ids(run_dir)  # a converted BART run: the ids of its config.json
+    ids_only = token_ids is not None and not (run_dir / "tokenizer.json").exists()
+    tokenizer = None if ids_only else load_tokenizer(run_dir / "tokenizer.json")
     check_tokenizer_matches(run_dir, ckpt)
-    if tokenizer.vocab_size > cfg.model.vocab_size:  # a padded embedding table is fine
+    if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:  # padding is fine
         raise AttnkitError(f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the "
                            f"model expects {cfg.model.vocab_size} (tokenizer from another run?)")
     model = build_model(cfg.model)
@@ -370,6 +436,8 @@ def load(run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> nn.M
     model.to(resolve_device(device, "--device"), dtype).eval()
     model.tokenizer = tokenizer
     model.run_config = cfg
+    if token_ids is not None:
+        model.token_ids = token_ids
     labels = run_dir / "labels.json"  # a classification run's label names, in id order
     model.labels = json.loads(labels.read_text(encoding="utf-8")) if labels.is_file() else None
     return model

@@ -16,6 +16,7 @@ from attnkit.config import FAMILY_CONFIGS, SECTIONS, list_recipes
 from attnkit.errors import AttnkitError
 
 DEFAULT_RUN_NAME = "pydoc-char"
+SAMPLE_TEMPERATURE = 0.8  # `attnkit sample`'s default --temperature
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +24,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def run_path(text: str) -> Path:
+    """A run folder given on the command line; an empty string would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder name, got an empty string "
+                                         "(e.g. runs/mine)")
+    return Path(text)
 
 
 def _override_help() -> str:
@@ -81,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_override_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("recipe", nargs="?", help="a recipe name from recipes/ or a path to a "
                        "YAML file (default: the built-in defaults)")
-    train.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>, with "
+    train.add_argument("--out", type=run_path, help="run directory (default: runs/<recipe>, with "
                        "a numeric suffix if it exists)")
-    train.add_argument("--resume", type=Path, metavar="RUN",
+    train.add_argument("--resume", type=run_path, metavar="RUN",
                        help="continue the run in RUN from its latest checkpoint; only --train.* "
                             "overrides may be given (e.g. more --train.steps)")
     train.add_argument("--vocab-size", type=int, metavar="N",
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data parallelism under torchrun: ddp (the default with several "
                             "processes) or fsdp (sharded weights, gradients and optimizer); "
                             "same as --train.parallel=X (see docs/distributed.md)")
+    train.add_argument("--force", action="store_true",
+                       help="train even when the estimate says the run will not fit in memory "
+                            "or one step will take minutes (see docs/errors.md)")
     train.add_argument("--no-samples", action="store_true",
                        help="skip the samples printed at the end")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -105,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate "
                         "(default: 200)")
-    sample.add_argument("--temperature", type=float, default=0.8,
-                        help="softmax temperature; <1 sharper, >1 flatter, 0 greedy (default 0.8)")
+    sample.add_argument("--temperature", type=float, default=None,  # None: not given (see --beam)
+                        help="softmax temperature; <1 sharper, >1 flatter, 0 greedy (default "
+                             f"{SAMPLE_TEMPERATURE})")
     sample.add_argument("--top-k", type=int, default=None,
                         help="sample only among the k most likely tokens (default: off)")
     sample.add_argument("--top-p", type=float, default=None,
@@ -150,9 +163,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: every rank finds the same
             raise SystemExit(2) from None  # fault in the config, and rank 0 says it once
         raise
-    fresh = not resume and not Path(run_dir).exists()
+    # what the folder held before this command, so that a failed start removes only its own files
+    before = None if resume or not Path(run_dir).is_dir() else set(os.listdir(run_dir))
     try:  # under torchrun: one process per rank, and only rank 0 prints
-        trainer = Trainer(cfg, run_dir, resume=resume, log=print)
+        trainer = Trainer(cfg, run_dir, resume=resume, log=print, force=args.force)
         say = print if trainer.dist.is_main else (lambda *_: None)
         summary = trainer.run()
         skipped = summary["skipped_steps"]
@@ -170,25 +184,41 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         say(NEXT_STEP[cfg.model.family].format(run=trainer.run_dir))
         return 0
     except BaseException:
-        if fresh and os.environ.get("RANK", "0") in ("", "0"):
-            _remove_unfinished(Path(run_dir))
+        if not resume and os.environ.get("RANK", "0") in ("", "0"):
+            _remove_unfinished(Path(run_dir), before)
         raise
     finally:
         teardown()
 
 
-def _remove_unfinished(run_dir: Path) -> None:
-    """A run that failed before its first checkpoint leaves nothing behind (its directory
-    was created by this command; with a checkpoint it stays, to be resumed)."""
+def _remove_unfinished(run_dir: Path, before: set[str] | None) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind: the folder goes
+    if this command created it, else only the entries this command added to it (``before``
+    lists what the user had there). With a checkpoint it stays, to be resumed."""
     import shutil
 
-    if run_dir.is_dir() and not (run_dir / "checkpoints" / "latest").is_file():
+    if not run_dir.is_dir() or (run_dir / "checkpoints" / "latest").is_file():
+        return
+    if before is None:
         shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(run_dir)) - before:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _train_config(args: argparse.Namespace, extra: list[str]):
     """The run's resolved config, its directory, and whether it resumes."""
-    from attnkit.checkpoint import check_tokenizer_matches, latest_checkpoint, read_run_config
+    from attnkit.checkpoint import (
+        check_config_matches,
+        check_tokenizer_matches,
+        latest_checkpoint,
+        read_checkpoint_state,
+        read_run_config,
+    )
     from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
 
     overrides = parse_overrides(extra)
@@ -205,8 +235,16 @@ def _train_config(args: argparse.Namespace, extra: list[str]):
         if bad:
             raise AttnkitError(f"cannot change '{bad[0]}' when resuming (only --train.* "
                                f"overrides apply to a resumed run)")
-        cfg = config_from_dict(apply_overrides(read_run_config(args.resume), overrides))
-        check_tokenizer_matches(args.resume, latest_checkpoint(args.resume))
+        saved = read_run_config(args.resume)  # "not a run" before "no checkpoint"
+        ckpt = latest_checkpoint(args.resume)
+        cfg = config_from_dict(apply_overrides(saved, overrides))
+        check_config_matches(args.resume, ckpt)
+        check_tokenizer_matches(args.resume, ckpt)
+        step = read_checkpoint_state(ckpt)["step"]
+        if step >= cfg.train.steps:
+            raise AttnkitError(f"{args.resume} is finished: it trained all {step} steps "
+                               f"(train further with --train.steps=N above {step}, or sample it "
+                               f"with `attnkit sample {args.resume}`)")
         return cfg, args.resume, True
     if args.recipe and "=" in args.recipe:
         raise AttnkitError(f"cannot parse '{args.recipe}': overrides start with two dashes "
@@ -218,8 +256,16 @@ def _train_config(args: argparse.Namespace, extra: list[str]):
     if args.out and (args.out / "checkpoints").exists():
         raise AttnkitError(f"{args.out} already holds a run (continue it with --resume "
                            f"{args.out}, or choose another --out)")
+    if args.out and args.out.is_dir():  # a folder of the user's: never overwrite their files
+        taken = [n for n in RUN_FILES if (args.out / n).exists()]
+        if taken:
+            raise AttnkitError(f"{args.out} already has a {taken[0]}, which training would "
+                               f"overwrite (choose another --out, or an empty folder)")
     return cfg, run_dir, False
 
+
+#: The files training writes at the top of a run folder.
+RUN_FILES = ("config.json", "tokenizer.json", "labels.json", "metrics.jsonl")
 
 NEXT_STEP = {
     "decoder": 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
@@ -241,6 +287,22 @@ def _fresh_run_dir(name: str) -> Path:
     return candidate
 
 
+def _refuse_sampling_only(args: argparse.Namespace) -> None:
+    """``attnkit sample --beam N`` refuses the options that only mean something when sampling,
+    if the user gave them, rather than silently ignore them."""
+    given = [("--temperature", args.temperature is not None, "beam search is deterministic"),
+             ("--top-k", args.top_k is not None, "beam search is deterministic"),
+             ("--top-p", args.top_p is not None, "beam search is deterministic"),
+             ("--min-p", args.min_p is not None, "beam search is deterministic"),
+             ("--seed", args.seed is not None, "beam search is deterministic"),
+             ("--num-samples", args.num_samples > 1, "beam search prints its one best continuation"),
+             ("--compile", args.compile, "beam search does not use the compiled decode step")]
+    for flag, is_given, why in given:
+        if is_given:
+            raise AttnkitError(f"{flag} does not apply to --beam: {why} (drop {flag}, or drop --beam "
+                               f"to sample)")
+
+
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit sample "
@@ -248,21 +310,18 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     import attnkit
     from attnkit.checkpoint import warn_slow_dtype
     from attnkit.generate import stream
+    from attnkit.generate.options import CLI, check_sampling
 
-    if args.max_new_tokens < 0:
-        raise AttnkitError("--max-new-tokens must be 0 or more")
-    if args.temperature < 0:
-        raise AttnkitError("--temperature must be 0 (greedy) or positive")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise AttnkitError("--top-p must be in (0, 1]")
-    if args.min_p is not None and not 0 <= args.min_p <= 1:
-        raise AttnkitError("--min-p must be in [0, 1]")
-    if args.repetition_penalty is not None and args.repetition_penalty <= 0:
-        raise AttnkitError("--repetition-penalty must be positive (1 is off)")
-    if args.no_repeat_ngram is not None and args.no_repeat_ngram < 0:
-        raise AttnkitError("--no-repeat-ngram must be 0 (off) or more")
-    if args.stop is not None and any(not s for s in args.stop):
-        raise AttnkitError("--stop must not be empty")
+    check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                   no_repeat_ngram=args.no_repeat_ngram, seed=args.seed, n=args.num_samples,
+                   stop=args.stop, max_new_tokens=args.max_new_tokens, names=CLI)
+    if args.beam < 1:
+        raise AttnkitError("--beam must be 1 (sampling) or more")
+    if args.beam > 1:
+        _refuse_sampling_only(args)  # before the default temperature fills in
+    if args.temperature is None:
+        args.temperature = SAMPLE_TEMPERATURE
     model = attnkit.load(args.run, device=args.device, dtype=args.dtype)
     family = model.cfg.family
     if family in FAMILY_COMMAND:
@@ -277,19 +336,16 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if n_prompt > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
                            f"{model.cfg.context_length} (shorten the prompt)")
-    if args.beam < 1:
-        raise AttnkitError("--beam must be 1 (sampling) or more")
     if args.compile:
         from attnkit.generate import compiled_step
 
         compiled_step(model)  # refuses a model it cannot compile before anything is printed
-    if args.beam > 1:
-        from attnkit.generate.beam import beam_search
+    if args.beam > 1:  # the rules and --stop apply to each beam (docs/sampling.md)
+        from attnkit.generate.beam import beam_generate
 
-        eos = model.tokenizer.special_tokens.get("eos")
-        best = beam_search(model, model.tokenizer.encode(prompt), beam_size=args.beam,
-                           max_new_tokens=args.max_new_tokens, eos_id=eos)[0]
-        print(prompt + model.tokenizer.decode(best.tokens))
+        print(prompt + beam_generate(model, prompt, args.max_new_tokens, beam_size=args.beam,
+                                     repetition_penalty=args.repetition_penalty,
+                                     no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop))
         return 0
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
@@ -343,6 +399,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     debug = "--debug" in argv
+
+    def say(line: str) -> None:
+        """The one error line on stderr; under torchrun also in the error file it names in
+        TORCHELASTIC_ERROR_FILE, so that its failure summary shows the line where it would say
+        "To enable traceback see ..." (the JSON torch.distributed.elastic's ErrorHandler
+        writes, with our line in place of a traceback)."""
+        print(line, file=sys.stderr)
+        error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if error_file:
+            import json
+            import time
+
+            data = {"message": {"message": line, "extraInfo": {
+                "py_callstack": line, "timestamp": str(int(time.time()))}}}
+            try:
+                Path(error_file).write_text(json.dumps(data))
+            except OSError:  # the summary is a nicety; the line itself is out
+                pass
+
     try:
         argv, overrides = split_overrides(argv)
         args, extra = parser.parse_known_args(argv)
@@ -365,8 +440,18 @@ def main(argv: list[str] | None = None) -> int:
     except AttnkitError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return e.exit_code
+    except SystemExit as e:
+        # Under torchrun a rank > 0 that stops quietly (rank 0 reports the same fault) gives
+        # rank 0 time to say it: torchrun ends every rank as soon as one exits, and would cut
+        # rank 0 off before its error line. Rank 0's exit ends this wait early.
+        if (e.code not in (0, None) and "TORCHELASTIC_ERROR_FILE" in os.environ
+                and os.environ.get("RANK", "0") not in ("", "0")):
+            import time
+
+            time.sleep(15)
+        raise
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -376,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or e}{where} (check the path, its permissions and the free "
-              f"disk space)", file=sys.stderr)
+        say(f"error: {e.strerror or e}{where} (check the path, its permissions and the free "
+            f"disk space)")
         return 2
 
 

@@ -199,6 +199,10 @@ FAMILY_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The largest train.seed: torch seeds take 64 bits, and the trainer adds a rank and a step to it.
+MAX_SEED = 2**63 - 1
+
+
 @dataclass
 class TrainConfig:
     """The optimisation loop. ``batch_size`` is sequences per optimizer step, summed over all
@@ -246,6 +250,19 @@ class TrainConfig:
                 f"{self.grad_accum} (each micro-batch must have the same size)")
         if self.lr <= 0:
             raise AttnkitError(f"train.lr must be positive, got {self.lr}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                what = " (0 disables clipping)" if name == "grad_clip" else ""
+                raise AttnkitError(f"train.{name} must be 0 or more{what}, got {getattr(self, name)}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise AttnkitError(f"train.min_lr must be in [0, train.lr={self.lr}], got {self.min_lr} "
+                               f"(the schedule decays from lr down to min_lr)")
+        for name in ("beta1", "beta2"):  # Adam's moving averages: a weight in [0, 1)
+            if not 0 <= getattr(self, name) < 1:
+                raise AttnkitError(f"train.{name} must be in [0, 1), got {getattr(self, name)} "
+                                   f"(typical: beta1=0.9, beta2=0.95 to 0.999)")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise AttnkitError(f"train.seed must be an integer from 0 to 2**63 - 1, got {self.seed}")
         if self.spike_zscore < 0:
             raise AttnkitError(f"train.spike_zscore must be 0 (off) or positive, got "
                                f"{self.spike_zscore}")

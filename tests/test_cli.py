@@ -467,7 +467,7 @@ def test_vocab_size_and_compile_flags_are_aliases(env, capsys, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_trainer(cfg, run_dir, resume=False, log=print):
+    def fake_trainer(cfg, run_dir, resume=False, log=print, force=False):
         seen["cfg"] = cfg
         raise Stop
 

@@ -64,6 +64,9 @@ def test_unknown_dtype_is_one_line(small_run, capsys):
     rc, out, err = cli(capsys, "sample", small_run, "--dtype", "int3")
     assert rc == 2 and out == ""
     assert err.strip() == "error: unknown dtype 'int3' for --dtype (use fp32, bf16 or fp16)"
+    from test_errors import error_line
+
+    error_line(err)  # and it is the catalogue's
 
 
 def test_native_bf16_reads_cpuinfo(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_cli import TINY, cli, metrics, snapshot
+from test_errors import error_line
 
 from attnkit.models import decoder as decoder_module
 from attnkit.train.guards import Guard
@@ -80,6 +81,7 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint_intact(env, capsy
     assert errors == [err.strip().splitlines()[-1]] and "Traceback" not in err
     assert "not finite for 3 steps in a row (steps 3-5)" in errors[0]
     assert "the last good checkpoint step-000004 is intact" in errors[0]
+    error_line(err, only=False)  # documented in docs/errors.md
     ckpts = env / "run" / "checkpoints"
     # step 4 was written during the bad streak, but its update was skipped: still step 2's
     assert (ckpts / "latest").read_text().strip() == "step-000004"
@@ -112,6 +114,7 @@ def test_a_failure_before_the_first_checkpoint_leaves_no_run_directory(env, caps
     rc, _, err = cli(capsys, "train", *FAST, "--train.steps=10", "--train.max_bad_steps=2",
                      "--out", "run")
     assert rc == 2 and "no checkpoint was written yet" in err
+    error_line(err, only=False)
     assert not (env / "run").exists()
 
 

@@ -293,6 +293,9 @@ def test_id_refusals_are_one_documented_line(tmp_path, capsys):
 
     refused("convert", "--from-hf", str(folder), "--out", run, words="eos_token_id=99 is not a token id")
     (folder / "config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text('{"forced_bos_token_id": [0]}')
+    refused("convert", "--from-hf", str(folder), "--out", run,
+            words="generation_config.json: forced_bos_token_id=[0] is not a token id")
     (folder / "generation_config.json").write_text("[2]")
     refused("convert", "--from-hf", str(folder), "--out", run, words="is not a JSON object")
     (folder / "generation_config.json").unlink()

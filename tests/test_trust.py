@@ -239,6 +239,15 @@ def test_resume_refuses_a_planted_training_pt(sharded_run, env, capsys):
         assert not (env / "pwned").exists()
 
 
+def test_resume_of_a_sharded_checkpoint_without_training_pt(sharded_run, env, capsys):
+    run = copy_run(sharded_run, env)
+    (run / STEP / "training.pt").unlink()
+    before = snapshot(run)
+    refused(cli(capsys, "train", "--resume", run, "--train.steps=3", "--no-samples"),
+            "run/checkpoints/step-000002 has no training.pt, so it cannot be resumed")
+    assert snapshot(run) == before
+
+
 def test_load_extras_refuses_a_planted_training_pt(sharded_run, tmp_path):
     ckpt = shutil.copytree(sharded_run / STEP, tmp_path / "ckpt")
     assert "rng_cpu" in load_extras(ckpt)

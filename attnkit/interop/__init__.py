@@ -177,12 +177,17 @@ def _tokenizer_config(tokenizer, cfg) -> dict:
 
 def convert_from_hf(src: str | Path, out: str | Path) -> nn.Module:
     """``attnkit convert --from-hf SRC --out OUT``: a native run directory (``config.json``,
-    ``tokenizer.json`` when SRC has one, ``checkpoints/step-000000``, ``checkpoints/latest``)."""
+    ``tokenizer.json`` when SRC has one, ``checkpoints/step-000000``, ``checkpoints/latest``;
+    for BART also ``token_ids.json``, the special ids of SRC's config)."""
     model = from_hf(src)
     with atomic_dir(Path(out)) as tmp:
         write_json(tmp / "config.json", model.run_config.to_dict())
         if model.tokenizer is not None:
             model.tokenizer.save(tmp / "tokenizer.json")
+        if getattr(model, "token_ids", None) is not None:  # BART: the ids its config.json names
+            from attnkit.interop.bart import save_token_ids
+
+            save_token_ids(tmp, model.token_ids)
         save_checkpoint(tmp, model, None, {"step": 0, "converted_from": str(Path(src).resolve())})
     return model
 
@@ -193,7 +198,13 @@ def convert_to_hf(run: str | Path, out: str | Path) -> nn.Module:
     Unlike :func:`attnkit.load`, a run without ``tokenizer.json`` is fine (one converted
     from a Hugging Face folder that had none): the export then has no tokenizer either.
     """
-    from attnkit.checkpoint import latest_checkpoint, load, load_weights, read_run_config
+    from attnkit.checkpoint import (
+        check_config_matches,
+        latest_checkpoint,
+        load,
+        load_weights,
+        read_run_config,
+    )
     from attnkit.config import config_from_dict
     from attnkit.models import build_model
 
@@ -202,9 +213,14 @@ def convert_to_hf(run: str | Path, out: str | Path) -> nn.Module:
         model = load(run, device="cpu")
     else:
         ckpt = latest_checkpoint(run)
+        check_config_matches(run, ckpt)
         model = build_model(config_from_dict(read_run_config(run)).model)
         load_weights(model, ckpt / "model.safetensors")
         model.eval()
         model.tokenizer = None
+    if getattr(model, "token_ids", None) is None:  # a converted BART run keeps its config's ids
+        from attnkit.interop.bart import read_token_ids
+
+        model.token_ids = read_token_ids(run)
     to_hf(model, out)
     return model

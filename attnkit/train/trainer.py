@@ -32,12 +32,17 @@ from attnkit.config import RunConfig
 from attnkit.errors import AttnkitError
 from attnkit.models import build_model
 from attnkit.train import distributed
+from attnkit.train.budget import check_budget
 from attnkit.train.guards import Guard
 from attnkit.train.optim import build_optimizer, lr_at
 from attnkit.train.progress import Progress
 from attnkit.train.tasks import build_task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Measured (docs/benchmarks.md, training): on a CPU the eager step, which runs attnkit's oneDNN linear
+# layers and block-causal attention, beats what inductor generates for the same model.
+COMPILE_ON_CPU = ("note: --train.compile is slower than eager training on a CPU (attnkit's eager "
+                  "CPU kernels beat inductor's code: see docs/benchmarks.md); it pays on a GPU")
 
 
 def pick_precision(name: str, device: torch.device) -> str:
@@ -79,8 +84,11 @@ def describe_model(model: torch.nn.Module, cfg) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, log=print) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, log=print,
+                 force: bool = False) -> None:
+        """``force``: skip the memory and step-time estimate (:mod:`attnkit.train.budget`)
+        that refuses a run which cannot fit or would take minutes per step."""
+        self.cfg, self.run_dir, self.force = cfg, Path(run_dir), force
         t = cfg.train
         self.dist, self.device = distributed.setup(t, resolve_device(t.device))
         self.log = log if self.dist.is_main else _quiet
@@ -101,6 +109,8 @@ class Trainer:
         self.last_checkpoint: str | None = None
         if resume:
             self._restore()
+        if t.compile and self.device.type == "cpu":
+            self.log(COMPILE_ON_CPU)
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
         self.model_kwargs = getattr(self.task, "model_kwargs", {})  # e.g. the LM task's loss-only
         self._stop_requested = False
@@ -117,6 +127,9 @@ class Trainer:
             try:
                 self.task = build_task(cfg, self.run_dir, resume)
                 self._check_vocab()
+                if not self.force:  # before anything is allocated or written
+                    check_budget(cfg, self.device, self.dist.world,
+                                 PRECISIONS[self.precision] or torch.float32)
                 if not resume:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                     write_json(self.run_dir / "config.json", cfg.to_dict())
@@ -154,7 +167,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         elif distributed.is_sharded(ckpt):  # written by FSDP, at any world size
             distributed.load_into(ckpt, self.model, self.optimizer, None)
-            state = torch.load(ckpt / "training.pt", map_location="cpu", weights_only=True)
+            state = distributed.load_extras(ckpt)
         else:
             state = load_training_state(ckpt)
             distributed.load_into(ckpt, self.model, self.optimizer, state["optimizer"])
@@ -200,8 +213,13 @@ class Trainer:
                 break  # a line cut short by a crash: everything after it is suspect
         write_text = "".join(k + "\n" for k in keep)
         tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text(write_text, encoding="utf-8")
-        tmp.replace(path)
+        try:
+            tmp.write_text(write_text, encoding="utf-8")
+            tmp.replace(path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no empty temporary file behind
+            raise AttnkitError(f"could not rewrite {path} to resume: {e.strerror or e} (free disk "
+                               f"space, then resume again; the run is unchanged)") from None
 
     def save(self) -> Path:
         """A checkpoint of the unwrapped model; under torchrun every rank must call it."""
