@@ -28,7 +28,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
@@ -217,6 +217,34 @@ def _is_tied(model: nn.Module, key: str) -> bool:
     return any(k != key and v.data_ptr() == ptr for k, v in sd.items())
 
 
+def refused(path: Path | str, what: str) -> AttnkitError:
+    """A pickle that holds more than ``what``: loading it could run code."""
+    return AttnkitError(f"refusing to load {path}: it holds pickled objects other than {what} "
+                        f"(loading it could run code; it is not an attnkit checkpoint, so restore "
+                        f"the file or resume from another run)")
+
+
+def corrupt(path: Path | str) -> AttnkitError:
+    return AttnkitError(f"cannot read {path}: the file is truncated or corrupt (restore it or "
+                        f"resume from an earlier checkpoint)")
+
+
+def load_plain(data: IO[bytes], path: Path | str) -> Any:
+    """``torch.load(weights_only=True)`` of ``data``: tensors and plain data, else a refusal
+    naming ``path``; never torch's own message, which suggests ``weights_only=False``. Every
+    pickle-format file attnkit reads (``optimizer.pt``, ``training.pt``, values inside a
+    sharded checkpoint) goes through here."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(data, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only=True refused an object that is not tensors or plain data
+        raise refused(path, "tensors") from None
+    except Exception:  # noqa: BLE001 - a truncated or otherwise unreadable file
+        raise corrupt(path) from None
+
+
 def load_training_state(ckpt: Path) -> dict[str, Any]:
     """The optimizer state and RNG states saved beside the weights (no code is unpickled).
 
@@ -225,21 +253,14 @@ def load_training_state(ckpt: Path) -> dict[str, Any]:
     read_checkpoint_state(ckpt)
     path = ckpt / "optimizer.pt"
     try:
-        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        f = open(path, "rb")  # noqa: SIM115 - closed below, once read
     except FileNotFoundError:
         raise AttnkitError(f"{ckpt} has no optimizer.pt, so it cannot be resumed "
                            f"(it can still be sampled)") from None
-    except pickle.UnpicklingError:
-        # weights_only=True refused an object that is not tensors or plain data: loading it
-        # could run code. Never suggest weights_only=False (torch's own message does).
-        raise AttnkitError(f"refusing to load {path}: it holds pickled objects other than "
-                           f"tensors (loading it could run code; it is not an attnkit "
-                           f"checkpoint, so restore the file or resume from another run)") from None
-    except Exception:  # noqa: BLE001 - a truncated or otherwise unreadable file
-        raise AttnkitError(f"cannot read {path}: the file is truncated or corrupt (restore it "
-                           f"or resume from an earlier checkpoint)") from None
+    except OSError:  # a folder in its place, unreadable: as damaged as a truncated file
+        raise corrupt(path) from None
+    with f:
+        state = load_plain(f, path)
     if not isinstance(state, dict) or "optimizer" not in state:
         raise AttnkitError(f"{path} holds no optimizer state (it is not an attnkit checkpoint; "
                            f"restore the file)")
@@ -302,13 +323,14 @@ def check_tokenizer_matches(run_dir: Path, ckpt: Path) -> None:
                        f"tokenizer from another run?); copy {saved} over it")
 
 
-def check_config_matches(run_dir: Path, ckpt: Path) -> None:
+def check_config_matches(run_dir: Path, ckpt: Path, ours: dict[str, Any] | None = None) -> None:
     """Refuse a run whose ``config.json`` differs from the copy saved inside its checkpoint.
 
     The checkpoint's copy is the config its weights were trained with. An edit of the run's
     ``config.json`` that keeps the shapes (``ffn=relu``, ``scale_embeddings=true``) would
     load without complaint and silently compute something else, so any difference is an
-    error naming both files. Settings change through overrides (``--train.*`` on resume)."""
+    error naming both files. Settings change through overrides (``--train.*`` on resume).
+    ``ours``: the run's ``config.json`` as the caller already read it."""
     saved, current = Path(ckpt) / "config.json", Path(run_dir) / "config.json"
     if not saved.is_file():
         return  # older checkpoints carry no copy
@@ -317,7 +339,7 @@ def check_config_matches(run_dir: Path, ckpt: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise AttnkitError(f"{saved} is not valid JSON (the checkpoint is damaged; restore it or "
                            f"use an earlier checkpoint)") from None
-    ours = read_run_config(run_dir)
+    ours = read_run_config(run_dir) if ours is None else ours
     key = _first_difference(ours, theirs)
     if key is not None:
         here, there = (_lookup(d, key) for d in (ours, theirs))
@@ -422,8 +444,9 @@ def load(run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> nn.M
     if is_hf_dir(run_dir):  # a Hugging Face folder: convert on the fly
         return from_hf(run_dir).to(resolve_device(device, "--device"), dtype).eval()
     ckpt = latest_checkpoint(run_dir)
-    cfg = config_from_dict(read_run_config(run_dir))
-    check_config_matches(run_dir, ckpt)
+    saved = read_run_config(run_dir)
+    cfg = config_from_dict(saved)
+    check_config_matches(run_dir, ckpt, saved)
     token_ids = read_token_ids(run_dir)  # a converted BART run: the ids of its config.json
     ids_only = token_ids is not None and not (run_dir / "tokenizer.json").exists()
     tokenizer = None if ids_only else load_tokenizer(run_dir / "tokenizer.json")

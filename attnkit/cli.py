@@ -238,7 +238,7 @@ def _train_config(args: argparse.Namespace, extra: list[str]):
         saved = read_run_config(args.resume)  # "not a run" before "no checkpoint"
         ckpt = latest_checkpoint(args.resume)
         cfg = config_from_dict(apply_overrides(saved, overrides))
-        check_config_matches(args.resume, ckpt)
+        check_config_matches(args.resume, ckpt, saved)
         check_tokenizer_matches(args.resume, ckpt)
         step = read_checkpoint_state(ckpt)["step"]
         if step >= cfg.train.steps:

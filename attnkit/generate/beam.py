@@ -217,15 +217,13 @@ def _beam_search(step: Callable[[torch.Tensor], torch.Tensor], first: torch.Tens
                     s, j, tok = top_scores[b][rank], top_beam[b][rank], top_tok[b][rank]
                     if s == float("-inf"):
                         break
-                    if tok == eos_id:
+                    extended = seqs[b][j] + [tok]
+                    # EOS ends a beam (EOS itself not kept); so does ``done``, its token kept
+                    if tok == eos_id or (done is not None and done(extended)):
                         if rank < k:
-                            n = len(seqs[b][j]) + 1
-                            finished[b].append(Hypothesis(seqs[b][j], s / length_penalty(n, alpha)))
-                    elif done is not None and done(seqs[b][j] + [tok]):  # ends as EOS would
-                        if rank < k:
-                            n = len(seqs[b][j]) + 1
-                            finished[b].append(Hypothesis(seqs[b][j] + [tok],
-                                                          s / length_penalty(n, alpha)))
+                            kept = seqs[b][j] if tok == eos_id else extended
+                            finished[b].append(Hypothesis(kept, s / length_penalty(
+                                len(extended), alpha)))
                     else:
                         live.append((j, tok, s))
                         if len(live) == k:

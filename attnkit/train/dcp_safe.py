@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +23,7 @@ import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from attnkit.checkpoint import corrupt, load_plain, refused
 from attnkit.errors import AttnkitError
 
 #: module -> the names in it that ``.metadata`` may name. Building any of them runs no code of
@@ -42,20 +42,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 #: The names of torch's dtypes (``torch.float32`` pickles as ``torch`` . ``float32``).
 DTYPES = frozenset(n for n, v in vars(torch).items() if isinstance(v, torch.dtype))
-
-TAMPERED = "loading it could run code; it is not an attnkit checkpoint, so restore the file or " \
-           "resume from another run"
-
-
-def refused(path: Path | str, what: str) -> AttnkitError:
-    return AttnkitError(f"refusing to load {path}: it holds pickled objects other than {what} "
-                        f"({TAMPERED})")
-
-
-def corrupt(path: Path | str) -> AttnkitError:
-    return AttnkitError(f"cannot read {path}: the file is truncated or corrupt (restore it or "
-                        f"resume from an earlier checkpoint)")
-
 
 class MetadataUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that builds only :data:`ALLOWED` classes and :data:`DTYPES`.
@@ -99,19 +85,6 @@ def read_metadata_file(path: Path) -> Metadata:
     return metadata
 
 
-def load_plain(data: IO[bytes], path: Path | str) -> Any:
-    """``torch.load(weights_only=True)`` of ``data``: tensors and plain data, else a refusal
-    naming ``path``; never torch's own message, which suggests ``weights_only=False``."""
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr
-            warnings.simplefilter("ignore")
-            return torch.load(data, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise refused(path, "tensors") from None
-    except Exception:  # noqa: BLE001 - a truncated or otherwise unreadable value
-        raise corrupt(path) from None
-
-
 class SafeReader(FileSystemReader):
     """DCP's file-system reader with :func:`read_metadata_file` in place of ``pickle.load``."""
 
@@ -144,5 +117,5 @@ class SafePlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, clean)
 
 
-__all__ = ["ALLOWED", "MetadataUnpickler", "SafePlanner", "SafeReader", "load_plain",
+__all__ = ["ALLOWED", "MetadataUnpickler", "SafePlanner", "SafeReader",
            "read_metadata_file"]

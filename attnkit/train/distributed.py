@@ -346,7 +346,7 @@ def _agree(folder: Path, step: Callable[[], object]) -> None:
 
 
 def _first_fault(folder: Path, failures: list[BaseException]) -> str:
-    from attnkit.train.dcp_safe import refused
+    from attnkit.checkpoint import refused
 
     for exc in failures:
         if isinstance(exc, AttnkitError):
@@ -362,7 +362,7 @@ def _first_fault(folder: Path, failures: list[BaseException]) -> str:
 def load_extras(ckpt: Path) -> dict[str, Any]:
     """``training.pt`` of a sharded checkpoint (RNG states, the fp16 scaler): tensors and plain
     data only, read with ``weights_only=True``; a refusal or damage is one line."""
-    from attnkit.train.dcp_safe import corrupt, load_plain
+    from attnkit.checkpoint import corrupt, load_plain
 
     path = Path(ckpt) / "training.pt"
     try:
