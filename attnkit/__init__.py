@@ -3,8 +3,9 @@
 Python API::
 
     import attnkit
-    model = attnkit.load("runs/pydoc-char")      # model.tokenizer is attached
-    text = attnkit.generate(model, "The ", max_new_tokens=100, temperature=0.8, top_k=40)
+    run = attnkit.load("runs/pydoc-char")        # a Loaded: run.model, run.tokenizer, run.config
+    text = run.generate("The ", max_new_tokens=100, temperature=0.8, top_k=40)
+    text = attnkit.generate(run.model, "The ", 100, tokenizer=run.tokenizer)  # the same
 
 The names below are imported on first use, so ``import attnkit`` (and the ``attnkit``
 command, before it knows what it will run) does not load PyTorch: a setting that must be
@@ -15,9 +16,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {"load": "attnkit.checkpoint", "ModelConfig": "attnkit.config",
+_LAZY = {"load": "attnkit.interop.loading", "Loaded": "attnkit.interop.loaded",
+         "ModelConfig": "attnkit.config",
          "RunConfig": "attnkit.config", "AttnkitError": "attnkit.errors",
-         "Decoder": "attnkit.models"}
+         "Decoder": "attnkit.models", "accelerate": "attnkit.backends"}
 
 
 def __getattr__(name: str):
@@ -30,5 +32,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
 
 
-__all__ = ["load", "generate", "Decoder", "ModelConfig", "RunConfig", "AttnkitError",
+__all__ = ["load", "Loaded", "accelerate", "generate", "Decoder", "ModelConfig", "RunConfig", "AttnkitError",
            "__version__"]

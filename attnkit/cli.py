@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from attnkit.commands import add_backend_argument
 from attnkit.config import FAMILY_CONFIGS, SECTIONS, list_recipes
 from attnkit.errors import AttnkitError
 
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--beam", type=int, default=1, metavar="N",
                         help="beam search with N beams instead of sampling (deterministic; "
                              "the prompt plus --max-new-tokens must fit a learned position table)")
+    add_backend_argument(sample)
     sample.add_argument("--debug", action="store_true", help="show tracebacks")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
@@ -181,7 +183,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
                 say(f"--- sample {i + 1} ---")
                 say(text)
             say("---")
-        say(NEXT_STEP[cfg.model.family].format(run=trainer.run_dir))
+        say(first_ability(trainer.model, NEXT_STEP).format(run=trainer.run_dir))
         return 0
     except BaseException:
         if not resume and os.environ.get("RANK", "0") in ("", "0"):
@@ -212,14 +214,14 @@ def _remove_unfinished(run_dir: Path, before: set[str] | None) -> None:
 
 def _train_config(args: argparse.Namespace, extra: list[str]):
     """The run's resolved config, its directory, and whether it resumes."""
-    from attnkit.checkpoint import (
+    from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
+    from attnkit.runs import (
         check_config_matches,
         check_tokenizer_matches,
         latest_checkpoint,
         read_checkpoint_state,
         read_run_config,
     )
-    from attnkit.config import apply_overrides, config_from_dict, load_recipe, parse_overrides
 
     overrides = parse_overrides(extra)
     if args.vocab_size is not None:
@@ -267,15 +269,21 @@ def _train_config(args: argparse.Namespace, extra: list[str]):
 #: The files training writes at the top of a run folder.
 RUN_FILES = ("config.json", "tokenizer.json", "labels.json", "metrics.jsonl")
 
-NEXT_STEP = {
-    "decoder": 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
-               '--temperature 0.8 --top-k 40',
-    "lstm": 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
-            '--temperature 0.8 --top-k 40',
-    "seq2seq": 'translate: attnkit translate {run} --text "..." --beam 4; score: attnkit eval {run}',
-    "encoder": 'embed: attnkit embed {run} --text "A sentence." --json',
-}
-FAMILY_COMMAND = {"seq2seq": "attnkit translate", "encoder": "attnkit embed"}
+#: What to run next, and the command for a model that does not continue text, by what the
+#: model can do (``model.abilities``, attnkit/models/contract.py), first match wins.
+NEXT_STEP = (
+    ("generates", 'sample more: attnkit sample {run} --prompt "The " --max-new-tokens 200 '
+                  '--temperature 0.8 --top-k 40'),
+    ("translates", 'translate: attnkit translate {run} --text "..." --beam 4; score: attnkit '
+                   'eval {run}'),
+    ("embeds", 'embed: attnkit embed {run} --text "A sentence." --json'),
+)
+ABILITY_COMMAND = (("translates", "attnkit translate"), ("embeds", "attnkit embed"))
+
+
+def first_ability(model, table: tuple[tuple[str, str], ...]) -> str | None:
+    """The text of the first row of ``table`` whose ability ``model`` has, or None."""
+    return next((text for ability, text in table if getattr(model.abilities, ability)), None)
 
 
 def _fresh_run_dir(name: str) -> Path:
@@ -308,7 +316,7 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit sample "
                            f"--help`)")
     import attnkit
-    from attnkit.checkpoint import warn_slow_dtype
+    from attnkit.devices import warn_slow_dtype
     from attnkit.generate import stream
     from attnkit.generate.options import CLI, check_sampling
 
@@ -322,28 +330,32 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         _refuse_sampling_only(args)  # before the default temperature fills in
     if args.temperature is None:
         args.temperature = SAMPLE_TEMPERATURE
-    model = attnkit.load(args.run, device=args.device, dtype=args.dtype)
-    family = model.cfg.family
-    if family in FAMILY_COMMAND:
-        raise AttnkitError(f"{args.run} is a {family} model, which does not continue text "
-                           f"(use {FAMILY_COMMAND[family]} {args.run})")
+    from attnkit.backends import accelerate
+
+    run = attnkit.load(args.run, device=args.device, dtype=args.dtype)
+    model, tokenizer = run.model, run.tokenizer
+    if not model.abilities.generates:
+        raise AttnkitError(f"{args.run} is a {model.cfg.family} model, which does not continue "
+                           f"text (use {first_ability(model, ABILITY_COMMAND)} {args.run})")
     warn_slow_dtype(model)
+    accelerate(model, purpose="decode", backend=args.backend)
     prompt = args.prompt
-    if getattr(model, "tokenizer", None) is None:
+    if tokenizer is None:
         raise AttnkitError(f"{args.run} has no tokenizer.json, so text cannot be encoded (add the "
                            f"model's tokenizer.json to the directory)")
-    n_prompt = len(model.tokenizer.encode(prompt))  # refuse a bad prompt before printing anything
+    n_prompt = len(tokenizer.encode(prompt))  # refuse a bad prompt before printing anything
     if n_prompt > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
                            f"{model.cfg.context_length} (shorten the prompt)")
     if args.compile:
-        from attnkit.generate import compiled_step
+        from attnkit.generate.steps import check_compiles
 
-        compiled_step(model)  # refuses a model it cannot compile before anything is printed
+        check_compiles(model)  # before anything is printed
     if args.beam > 1:  # the rules and --stop apply to each beam (docs/sampling.md)
         from attnkit.generate.beam import beam_generate
 
-        print(prompt + beam_generate(model, prompt, args.max_new_tokens, beam_size=args.beam,
+        print(prompt + beam_generate(model, prompt, args.max_new_tokens, tokenizer=tokenizer,
+                                     beam_size=args.beam,
                                      repetition_penalty=args.repetition_penalty,
                                      no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop))
         return 0
@@ -352,7 +364,8 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")
         sys.stdout.write(prompt)
-        for piece in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
+        for piece in stream(model, prompt, args.max_new_tokens, tokenizer=tokenizer,
+                            temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, seed=seed, min_p=args.min_p,
                             repetition_penalty=args.repetition_penalty,
                             no_repeat_ngram_size=args.no_repeat_ngram, stop=args.stop,

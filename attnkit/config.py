@@ -24,6 +24,10 @@ import yaml
 
 from attnkit.errors import AttnkitError
 
+# the back-ends attnkit.backends applies (the trainer's --train.backend, the commands' --backend)
+Backend = Literal["auto", "plain", "onednn"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 FFN = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
@@ -227,6 +231,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # the speed-ups applied to the built model (attnkit.backends): auto = oneDNN on a CPU that
+    # has it; plain = the model as written (also ATTNKIT_BACKEND=plain)
+    backend: Backend = "auto"
     # Data parallelism under torchrun (docs/distributed.md). auto: ddp when WORLD_SIZE > 1.
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     activation_checkpointing: bool = False  # recompute each block in backward: less memory

@@ -34,8 +34,9 @@ HUGE_PAGES = "default" not in sys.argv and huge_pages()
 import torch  # noqa: E402
 from reference import add_malloc_option, apply_malloc, hf_twin, write_results  # noqa: E402
 
-from attnkit.checkpoint import cpu_has_native_bf16, resolve_dtype  # noqa: E402
+from attnkit.backends import accelerate  # noqa: E402
 from attnkit.config import ModelConfig, expand_presets  # noqa: E402
+from attnkit.devices import cpu_has_native_bf16, resolve_dtype  # noqa: E402
 from attnkit.generate import generate_batch_ids, generate_ids  # noqa: E402
 from attnkit.models import Decoder  # noqa: E402
 
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=VOCAB,
                         help="vocabulary (default GPT-2's 50257; 256 = a byte-level model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--backend", default="auto", choices=["auto", "plain", "onednn"],
+                        help="attnkit's back-end (attnkit.backends.accelerate); plain: as written")
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="precisions of the weights: fp32, bf16, fp16 (default fp32, plus bf16 "
                              "on CUDA or a CPU with native bf16)")
@@ -154,7 +157,8 @@ def main() -> None:
         hf_fp32_speed = {}  # batch -> the reference's tokens/s in fp32
         for name in dtypes:
             dtype = resolve_dtype(name, "--dtypes")
-            model = copy.deepcopy(model32).to(device, dtype)
+            model = accelerate(copy.deepcopy(model32).to(device, dtype), purpose="decode",
+                               backend=args.backend)
             hf = copy.deepcopy(hf32).to(device, dtype)
             for batch in args.batches:
                 prompts = torch.randint(0, args.vocab_size, (batch, args.prompt_len)).tolist()

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from attnkit.backends import accelerate
 from attnkit.config import ModelConfig, expand_presets
 from attnkit.generate import generate_ids
 from attnkit.models import Decoder
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig(**expand_presets({"size": args.size, "style": args.style, "vocab_size": 256}))
-    model = Decoder(cfg).eval()
+    model = accelerate(Decoder(cfg).eval(), purpose="decode")  # as attnkit sample does
     prompt = torch.randint(0, 256, (args.prompt_len,)).tolist()
     n = min(args.tokens, cfg.context_length - args.prompt_len)
     print(f"model {args.style}/{args.size} ({model.num_params() / 1e6:.1f}M params), "

@@ -42,6 +42,7 @@ def peak_mb() -> float:
 
 def child(spec: dict) -> dict:
     """One measurement, in this (fresh) process."""
+    from attnkit.backends import accelerate
     from attnkit.config import ModelConfig, TrainConfig, expand_presets
     from attnkit.models import Decoder
     from attnkit.train.distributed import checkpoint_blocks
@@ -75,8 +76,10 @@ def child(spec: dict) -> dict:
             checkpoint_blocks(model)
         opt = build_optimizer(model, TrainConfig(), "cpu")
 
-        def loss_of():  # as the trainer calls it: no logits, the fused output layer + loss
-            return model(x[:, :-1], x[:, 1:], return_logits=False)[1]
+        accelerate(model, purpose="train")  # as the trainer: the fused output layer + loss
+
+        def loss_of():  # in training mode the accelerated model returns no logits
+            return model(x[:, :-1], x[:, 1:])[1]
     before = rss_mb()
     loss = loss_of()
     loss.backward()

@@ -34,9 +34,10 @@ NANOGPT_SECONDS = 170  # nanoGPT's recipe on this kind of machine (2 min 50 s, i
 @torch.inference_mode()
 def full_val_loss(run: Path, data: Path) -> tuple[float, int]:
     """Mean next-character loss over the whole last 10% of ``data`` and the tokens scored."""
-    model = attnkit.load(run)
+    loaded = attnkit.load(run)
+    model = loaded.model
     text = data.read_text(encoding="utf-8")
-    ids = model.tokenizer.encode(text)
+    ids = loaded.tokenizer.encode(text)
     n_train, _ = split_sizes(len(ids), 0.1)  # the trainer's own split: the last 10%
     val = torch.tensor(ids[n_train:])
     ctx = model.cfg.context_length

@@ -6,7 +6,7 @@ large square products, by each library PyTorch offers: MKL and oneDNN on a CPU),
 full training steps (forward, loss, backward, gradient clipping, AdamW step) of the
 gpt2-style ``tiny`` preset and ``gpt2-124m`` at context 256 and 1024. attnkit trains as
 ``attnkit train`` does (its AdamW parameter groups, fused on CPU; its fp32 products by oneDNN
-on a CPU, ``attnkit.nn.linear``); the reference uses ``torch.optim.AdamW`` with PyTorch's defaults,
+on a CPU, ``attnkit.backends.onednn``); the reference uses ``torch.optim.AdamW`` with PyTorch's defaults,
 as a ``transformers`` user would. MFU counts the matrix-multiply work of a step,
 6 x (parameters in matrix products, output layer included) per token plus the attention
 scores, 12 x layers x d_model x context per token (PaLM, appendix B), over the measured
@@ -32,9 +32,10 @@ import time
 import torch
 from reference import add_malloc_option, apply_malloc, hf_twin, write_results
 
+from attnkit.backends import accelerate
+from attnkit.backends.onednn import PACKING, onednn_linear
 from attnkit.config import ModelConfig, TrainConfig, expand_presets
 from attnkit.models import Decoder
-from attnkit.nn.linear import PACKING, onednn_linear
 from attnkit.train.optim import build_optimizer
 
 VOCAB = 50257
@@ -50,7 +51,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
                 ) -> tuple[float, dict[str, float]]:
     """FLOP/s of the best (n x n) @ (n x n) product on ``device`` in ``dtype``, over every
     matrix-multiply library PyTorch offers there: ``torch.mm`` (MKL on a CPU, cuBLAS on a GPU)
-    and, on a CPU, oneDNN (``attnkit.nn.linear.onednn_linear``, which attnkit trains with; on
+    and, on a CPU, oneDNN (``attnkit.backends.onednn.onednn_linear``, which attnkit trains with; on
     AMD CPUs MKL leaves AVX-512 unused and oneDNN is about twice as fast in fp32). Returns the
     peak and the figure of each library."""
     if device.type == "cuda":
@@ -109,11 +110,10 @@ def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of, d
 
 
 def attnkit_step(model: Decoder, x: torch.Tensor, compiled: bool = False, bf16: bool = False):
+    accelerate(model.train(), purpose="train")  # as the trainer does
     opt = build_optimizer(model, TrainConfig(), x.device.type)
     forward = torch.compile(model) if compiled else model  # what --train.compile=true does
-    kwargs = {} if compiled else {"return_logits": False}  # as the trainer calls it
-    return training_step(model, opt, lambda: forward(x[:, :-1], x[:, 1:], **kwargs)[1], x.device,
-                         bf16)
+    return training_step(model, opt, lambda: forward(x[:, :-1], x[:, 1:])[1], x.device, bf16)
 
 
 def hf_step(hf, x: torch.Tensor, bf16: bool = False):

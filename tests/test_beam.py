@@ -27,6 +27,7 @@ from attnkit.generate.beam import (
 )
 from attnkit.generate.sampling import repetition_penalty
 from attnkit.models import build_model
+from attnkit.models.contract import Abilities
 from attnkit.nn import KVCache
 from attnkit.tokenizers import CharTokenizer
 
@@ -42,6 +43,8 @@ class ToyCache:
 
 class Bigram(nn.Module):
     """A decoder-only "model" whose next-token distribution depends on the last token alone."""
+
+    abilities = Abilities(generates=True)  # beam search calls forward with a cache
 
     def __init__(self, table: dict[int, dict[int, float]]) -> None:
         super().__init__()
@@ -281,19 +284,21 @@ def test_sample_beam_applies_stop_and_rules(small_run, capsys):
     stop = next(c for c in full if c != full[0])  # a stop string that is not at the start
     rc, out, err = cli(capsys, *argv, "--stop", stop)
     assert rc == 0, err
-    model = attnkit.load(small_run)
+    run = attnkit.load(small_run)
+    model, tok = run.model, run.tokenizer
     assert stop in full and stop not in out and out.startswith("The ") and len(out) > 5
     # a one-character stop ends a beam as an EOS token would (the run's tokenizer has none)
-    as_eos = beam_search(model, model.tokenizer.encode("The "), beam_size=3, max_new_tokens=25,
-                         eos_id=model.tokenizer.encode(stop)[0])[0].tokens
-    assert out == "The " + model.tokenizer.decode(as_eos) + "\n"
-    assert out == "The " + beam_generate(model, "The ", 25, beam_size=3, stop=stop) + "\n"
+    as_eos = beam_search(model, tok.encode("The "), beam_size=3, max_new_tokens=25,
+                         eos_id=tok.encode(stop)[0])[0].tokens
+    assert out == "The " + tok.decode(as_eos) + "\n"
+    assert out == "The " + beam_generate(model, "The ", 25, tokenizer=tok, beam_size=3,
+                                         stop=stop) + "\n"
     rc, out, err = cli(capsys, *argv, "--no-repeat-ngram", "2", "--repetition-penalty", "1.3")
     assert rc == 0, err
-    pairs = bigrams(model.tokenizer.encode(out[:-1]))
+    pairs = bigrams(tok.encode(out[:-1]))
     assert len(set(pairs)) == len(pairs) and out != "The " + full + "\n"
-    assert out == "The " + beam_generate(model, "The ", 25, beam_size=3, no_repeat_ngram_size=2,
-                                         repetition_penalty=1.3) + "\n"
+    assert out == "The " + beam_generate(model, "The ", 25, tokenizer=tok, beam_size=3,
+                                         no_repeat_ngram_size=2, repetition_penalty=1.3) + "\n"
 
 
 @pytest.mark.parametrize("option", [["--temperature", "0.8"], ["--temperature", "0"],

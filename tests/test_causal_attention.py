@@ -1,14 +1,15 @@
-"""attnkit.nn.causal: block-causal attention with oneDNN products computes what SDPA's causal
-attention computes (outputs and all three gradients), and Attention uses it exactly where it
-applies."""
+"""attnkit.backends.causal: block-causal attention with oneDNN products computes what SDPA's
+causal attention computes (outputs and all three gradients), and an accelerated Attention uses
+it exactly where it applies."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from attnkit.backends import accelerate, backend_of
+from attnkit.backends import causal as causal_module
+from attnkit.backends.causal import causal_attention, usable
 from attnkit.nn import Attention
-from attnkit.nn import causal as causal_module
-from attnkit.nn.causal import causal_attention, usable
 from attnkit.nn.kv_cache import KVCache
 
 pytestmark = pytest.mark.skipif(not usable(torch.zeros(1, 1, causal_module.MIN_LENGTH, 1)),
@@ -58,12 +59,18 @@ def spy(monkeypatch) -> list:
     return calls
 
 
+def fast_attention(*args, **kwargs) -> Attention:
+    layer = accelerate(Attention(*args, **kwargs), purpose="train")
+    assert backend_of(layer) == "onednn"
+    return layer
+
+
 def test_attention_takes_it_where_it_applies(monkeypatch):
     calls = spy(monkeypatch)
     torch.manual_seed(0)
-    fast = Attention(32, 4, 2, causal=True)
-    eager = Attention(32, 4, 2, causal=True, backend="eager")
-    eager.load_state_dict(fast.state_dict())
+    eager = Attention(32, 4, 2, causal=True, backend="eager")  # softmax(QK^T)V spelled out
+    fast = fast_attention(32, 4, 2, causal=True)
+    fast.load_state_dict(eager.state_dict())
     x = torch.randn(2, 520, 32, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     out, _ = fast(x)
@@ -86,10 +93,15 @@ def test_attention_takes_it_where_it_applies(monkeypatch):
 
 def test_attention_keeps_sdpa_elsewhere(monkeypatch):
     calls = spy(monkeypatch)
-    layer = Attention(32, 4, 4, causal=True, dropout=0.1)
+    layer = fast_attention(32, 4, 4, causal=True, dropout=0.1)
     layer(torch.randn(1, 600, 32))  # dropout while training
     layer.eval()
     layer(torch.randn(1, 100, 32))  # short
-    Attention(32, 4, 4, causal=False)(torch.randn(1, 600, 32))  # not causal
+    fast_attention(32, 4, 4, causal=False)(torch.randn(1, 600, 32))  # not causal
     layer(torch.randn(1, 600, 32), key_padding_mask=torch.ones(1, 600))  # a mask
+    with torch.inference_mode():  # a chunk after cached tokens: queries start later than keys
+        cache = KVCache(1, 1, 4, 8, 1200)
+        layer(torch.randn(1, 10, 32), cache=cache)
+        cache.advance(10)  # as the model does after each layer has stored its keys
+        layer(torch.randn(1, 600, 32), cache=cache)
     assert calls == []

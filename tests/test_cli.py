@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import attnkit
-from attnkit.checkpoint import latest_checkpoint
 from attnkit.cli import main
 from attnkit.config import config_from_dict, resolve
 from attnkit.errors import AttnkitError
+from attnkit.runs import latest_checkpoint
 from attnkit.tokenizers import load_tokenizer
 from attnkit.train import Trainer
 
@@ -163,8 +163,8 @@ def test_sample_prints_prompt_then_the_continuation(trained_run, capsys):
     assert rc == 0 and err == ""
     assert out.startswith("The ") and out.endswith("\n")
     assert len(out) == len("The ") + 20 + 1  # char tokens: one character each
-    model = attnkit.load(trained_run)
-    expected = attnkit.generate(model, "The ", 20, temperature=0.8, seed=1)
+    run = attnkit.load(trained_run)
+    expected = run.generate("The ", 20, temperature=0.8, seed=1)
     assert out == "The " + expected + "\n"
 
 
@@ -183,8 +183,29 @@ def test_sample_temperature_zero_is_greedy(trained_run, capsys):
     assert greedy[0] == 0
     assert cli(capsys, *args, "--temperature", "0", "--seed", "3") == greedy  # seed is moot
     assert cli(capsys, *args, "--top-k", "1", "--seed", "9")[1] == greedy[1]
-    model = attnkit.load(trained_run)
-    assert greedy[1] == "x" + attnkit.generate(model, "x", 25, temperature=0) + "\n"
+    run = attnkit.load(trained_run)
+    assert greedy[1] == "x" + attnkit.generate(run.model, "x", 25, tokenizer=run.tokenizer,
+                                               temperature=0) + "\n"
+
+
+def test_sample_backend_plain_decodes_the_model_as_written(trained_run, capsys, monkeypatch):
+    """--backend plain leaves the loaded model's classes alone and prints the same greedy text
+    as the default back-end; an unknown name is a one-line usage error."""
+    from attnkit.backends import accelerate
+
+    seen = []
+
+    def spy(model, purpose="decode", backend="auto"):
+        seen.append(backend)
+        return accelerate(model, purpose, backend)
+
+    monkeypatch.setattr("attnkit.backends.accelerate", spy)
+    args = ["sample", trained_run, "--prompt", "x", "--max-new-tokens", "12", "--temperature", "0"]
+    plain = cli(capsys, *args, "--backend", "plain")
+    assert plain[0] == 0 and cli(capsys, *args) == plain and seen == ["plain", "auto"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", str(trained_run), "--backend", "fastest"])
+    assert exit_.value.code == 2 and "invalid choice: 'fastest'" in capsys.readouterr().err
 
 
 def test_sample_several(trained_run, capsys):
@@ -192,9 +213,9 @@ def test_sample_several(trained_run, capsys):
                      "--max-new-tokens", "5", "--prompt", "a")
     assert rc == 0
     assert out.count("--- sample ") == 2
-    model = attnkit.load(trained_run)
+    run = attnkit.load(trained_run)
     for i in range(2):  # seeds seed, seed + 1
-        text = attnkit.generate(model, "a", 5, temperature=0.8, seed=4 + i)
+        text = run.generate("a", 5, temperature=0.8, seed=4 + i)
         assert f"--- sample {i + 1} ---\na{text}\n" in out
 
 
@@ -202,11 +223,14 @@ def test_sample_several(trained_run, capsys):
 
 
 def test_load_returns_an_eval_model_with_its_tokenizer(trained_run):
-    model = attnkit.load(trained_run)
+    run = attnkit.load(trained_run)
+    assert isinstance(run, attnkit.Loaded) and run.source == Path(trained_run)
+    model = run.model
     assert isinstance(model, attnkit.Decoder)
     assert not model.training and not any(m.training for m in model.modules())
-    assert model.tokenizer.vocab_size == model.cfg.vocab_size
-    assert model.run_config.train.steps == 3
+    assert run.tokenizer.vocab_size == model.cfg.vocab_size
+    assert run.config.train.steps == 3 and run.labels is None
+    assert not hasattr(model, "tokenizer") and not hasattr(model, "run_config")
     assert next(model.parameters()).device.type == "cpu"
 
     stored = load_file(str(latest_checkpoint(trained_run) / "model.safetensors"))
@@ -217,8 +241,8 @@ def test_load_returns_an_eval_model_with_its_tokenizer(trained_run):
     if model.cfg.tie_embeddings:
         assert model.lm_head.weight is model.tok_emb.weight
 
-    ids = torch.tensor([model.tokenizer.encode("import os\n")])
-    again = attnkit.load(trained_run)
+    ids = torch.tensor([run.tokenizer.encode("import os\n")])
+    again = attnkit.load(trained_run).model
     assert torch.equal(model(ids)[0], again(ids)[0])
 
 
@@ -233,7 +257,7 @@ def test_loaded_model_matches_the_trainer(env):
     trainer.model.eval()
     ids = torch.tensor([loaded.tokenizer.encode("class A: pass")])
     with torch.no_grad():
-        assert torch.equal(loaded(ids)[0], trainer.model(ids)[0])
+        assert torch.equal(loaded.model(ids)[0], trainer.model(ids)[0])
     assert loaded.tokenizer.to_dict() == trainer.tokenizer.to_dict()
 
 
@@ -487,14 +511,15 @@ def test_compiled_training_checkpoints_the_plain_module(env, capsys):
 
 
 def test_sample_refuses_encoder_and_seq2seq_runs(env, capsys, monkeypatch):
-    class Fake:
-        tokenizer = None
+    from attnkit.config import EncoderConfig, RunConfig, Seq2SeqConfig
+    from attnkit.models import build_model
 
-        def __init__(self, family):
-            self.cfg = type("C", (), {"family": family})()
-
-    for family, hint in (("encoder", "attnkit embed"), ("seq2seq", "attnkit translate")):
-        monkeypatch.setattr(attnkit, "load", lambda *a, f=family, **k: Fake(f))
+    small = {"vocab_size": 16, "context_length": 8, "d_model": 16, "n_heads": 2}
+    for cfg, hint in ((EncoderConfig(**small, n_layers=1), "attnkit embed"),
+                      (Seq2SeqConfig(**small, n_encoder_layers=1, n_decoder_layers=1),
+                       "attnkit translate")):
+        run = attnkit.Loaded(build_model(cfg).eval(), None, RunConfig())
+        monkeypatch.setattr(attnkit, "load", lambda *a, r=run, **k: r)
         rc, out, err = cli(capsys, "sample", "somerun")
         assert rc == 2 and out == "" and hint in err and len(err.strip().splitlines()) == 1
 

@@ -150,8 +150,8 @@ def test_fsdp_on_two_processes_matches_one_process(fsdp2, reference):
     assert not list((fsdp2 / "checkpoints").glob(".tmp-*"))
     import attnkit
 
-    model = attnkit.load(fsdp2)  # the consolidated weights serve `attnkit sample` and load()
-    assert model.num_params() > 0
+    run = attnkit.load(fsdp2)  # the consolidated weights serve `attnkit sample` and load()
+    assert run.model.num_params() > 0
 
 
 def test_fsdp_checkpoint_of_two_ranks_resumes_on_one(work, fsdp2, reference):

@@ -334,9 +334,9 @@ def mlm_run(tmp_path_factory) -> Path:
 
 
 def test_mlm_run_has_special_tokens_and_masked_accuracy(mlm_run):
-    model = attnkit.load(mlm_run, device="cpu")
-    assert isinstance(model, Encoder)
-    assert {"mask", "cls", "sep", "pad"} <= set(model.tokenizer.special_tokens)
+    run = attnkit.load(mlm_run, device="cpu")
+    assert isinstance(run.model, Encoder)
+    assert {"mask", "cls", "sep", "pad"} <= set(run.tokenizer.special_tokens)
     last = json.loads((mlm_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= last["accuracy"] <= 1.0 and last["val_loss"] > 0
 
@@ -398,9 +398,10 @@ def test_classify_trains_from_csv_and_jsonl(env, capsys, fmt):
     run = env / "run"
     assert json.loads((run / "labels.json").read_text()) == ["negative", "positive"]
     assert json.loads((run / "config.json").read_text())["model"]["n_labels"] == 2
-    model = attnkit.load(run, device="cpu")
-    ids = torch.tensor([encode_text(model.tokenizer, "The plot was fun.", 32)])
-    assert model(ids)[0].shape == (1, 2)
+    loaded = attnkit.load(run, device="cpu")
+    assert loaded.labels == ["negative", "positive"]
+    ids = torch.tensor([encode_text(loaded.tokenizer, "The plot was fun.", 32)])
+    assert loaded.model(ids)[0].shape == (1, 2)
     rc, _, _ = cli(capsys, "train", "--resume", "run", "--train.steps=5", "--no-samples")
     assert rc == 0
 

@@ -114,9 +114,9 @@ def test_scaling_fits_both_architectures_and_reports_the_exponents(scaling_run):
 def test_a_trial_is_an_ordinary_run_that_loads(scaling_run):
     out, results, _ = scaling_run
     for trial in (results["trials"][0], results["trials"][-1]):
-        model = attnkit.load(out / "trials" / trial["name"], device="cpu")
-        assert model.cfg.family == ("decoder" if trial["arch"] == "transformer" else "lstm")
-        assert attnkit.generate(model, "The ", max_new_tokens=5, temperature=0.0)
+        run = attnkit.load(out / "trials" / trial["name"], device="cpu")
+        assert run.model.cfg.family == ("decoder" if trial["arch"] == "transformer" else "lstm")
+        assert run.generate("The ", max_new_tokens=5, temperature=0.0)
 
 
 def test_rerunning_skips_finished_trials_and_resumes_unfinished_ones(scaling_run):

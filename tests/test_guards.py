@@ -122,7 +122,7 @@ def test_a_failure_before_the_first_checkpoint_leaves_no_run_directory(env, caps
 
 KILL_IN_CHECKPOINT = """
 import os, signal, sys
-import attnkit.checkpoint as ck
+import attnkit.weights as ck
 from attnkit.cli import main
 real = ck.save_file
 def save_file(tensors, path, *a, **k):

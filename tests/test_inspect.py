@@ -154,8 +154,8 @@ def test_mask_view_prints_the_mlm_argmax_at_each_mask(env, capsys, tmp_path):
     rc, out, err = cli(capsys, "inspect", "encoder", "--prompt", MASKED, "--out", tmp_path,
                        "--top", "3")
     assert rc == 0, err
-    model = attnkit.load(env / "encoder", device="cpu")
-    tok = model.tokenizer
+    run = attnkit.load(env / "encoder", device="cpu")
+    model, tok = run.model, run.tokenizer
     sp = tok.special_tokens
     # built here by hand: [CLS] "def f(" [MASK] "): re" [MASK] "urn" [SEP]; <|mask|> is accepted too
     ids = [sp["cls"], *tok.encode("def f("), sp["mask"], *tok.encode("): re"), sp["mask"],
@@ -179,10 +179,11 @@ def test_mask_view_prints_the_mlm_argmax_at_each_mask(env, capsys, tmp_path):
 
 def _saved_encoder(env: Path, name: str, tokenizer=None, **model) -> Path:
     """A run directory built directly from the MLM run's config, with ``model`` changes."""
-    from attnkit.checkpoint import save_checkpoint, write_json
     from attnkit.config import config_from_dict
     from attnkit.models import build_model
+    from attnkit.runs import write_json
     from attnkit.tokenizers import load_tokenizer
+    from attnkit.weights import save_checkpoint
 
     cfg = config_from_dict(json.loads((env / "encoder" / "config.json").read_text()))
     for key, value in model.items():
@@ -221,8 +222,9 @@ def test_seq2seq_draws_cross_attention_of_its_own_translation(env, tmp_path, cap
     rc, out, err = cli(capsys, "inspect", "seq2seq", "--prompt", "abc", "--out", tmp_path)
     assert rc == 0, err
     data = json.loads((tmp_path / "inspect.json").read_text())
-    model = attnkit.load(env / "seq2seq")
-    assert data["translation"] == translate(model, ["abc"])[0]  # the greedy output
+    run = attnkit.load(env / "seq2seq")
+    # the greedy output
+    assert data["translation"] == translate(run.model, ["abc"], tokenizer=run.tokenizer)[0]
     src, produced = data["source_tokens"], data["output_tokens"]
     assert len(src) == 4  # a, b, c and EOS
     cross = torch.tensor(data["attention"]["cross"]["weights"])  # (L, nh, T, S)

@@ -16,7 +16,6 @@ transformers.logging.set_verbosity_error()
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import attnkit  # noqa: E402
-from attnkit.checkpoint import model_state  # noqa: E402
 from attnkit.cli import main  # noqa: E402
 from attnkit.config import Seq2SeqConfig  # noqa: E402
 from attnkit.data.pairs import source_batch  # noqa: E402
@@ -35,6 +34,7 @@ from attnkit.interop.bart import (  # noqa: E402
 )
 from attnkit.interop.decoder import ConfigReader  # noqa: E402
 from attnkit.models import Seq2Seq  # noqa: E402
+from attnkit.weights import model_state  # noqa: E402
 
 TOL = dict(atol=1e-4, rtol=0)  # fp32
 V = 64
@@ -98,10 +98,13 @@ def until_eos(tokens: list[int], eos: int) -> list[int]:
                                 dict(activation_function="relu")])
 def test_logits_match(tmp_path, kw):
     hf = hf_bart(tmp_path, **kw)
-    ours = from_hf(tmp_path)  # the dispatch by model_type
+    run = from_hf(tmp_path)  # the dispatch by model_type
+    ours = run.model
     assert isinstance(ours, Seq2Seq) and ours.cfg.pos == "learned" and ours.cfg.embedding_norm
     assert ours.cfg.scale_embeddings is bool(kw.get("scale_embedding", False))
-    assert ours.token_ids == {"pad": 1, "bos": 0, "eos": 2, "decoder_start": 2, "forced_bos": None,
+    assert run.source == tmp_path and run.config.model == ours.cfg
+    assert not hasattr(ours, "token_ids") and not hasattr(ours, "tokenizer")  # a plain module
+    assert run.token_ids == {"pad": 1, "bos": 0, "eos": 2, "decoder_start": 2, "forced_bos": None,
                               "forced_eos": 2}
     x = inputs()
     diff = (ours_logits(ours, x) - hf_logits(hf, x)).abs().max().item()
@@ -114,7 +117,8 @@ def test_greedy_tokens_match_generate(tmp_path):
     with torch.no_grad():  # a random model ends at once; a weaker EOS row lets it speak first
         hf.model.shared.weight[2] *= 0.5
     hf.save_pretrained(tmp_path)
-    ours = attnkit.load(tmp_path)
+    run = attnkit.load(tmp_path)
+    ours = run.model
     x = inputs()
 
     def both(eos: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -124,7 +128,7 @@ def test_greedy_tokens_match_generate(tmp_path):
                               forced_eos_token_id=None, no_repeat_ngram_size=0, eos_token_id=eos)
         expected = [until_eos(row[1:], eos) for row in out.tolist()]  # row[0]: decoder start
         got = greedy_seq2seq(ours, x["input_ids"], x["attention_mask"],
-                             bos_id=ours.token_ids["decoder_start"], eos_id=eos, max_new_tokens=32)
+                             bos_id=run.token_ids["decoder_start"], eos_id=eos, max_new_tokens=32)
         return got, expected
 
     got, expected = both(hf.config.eos_token_id)
@@ -189,13 +193,14 @@ def test_converted_run_keeps_the_config_ids_and_generates_like_transformers(
     assert "token ids kept from config.json: pad 4, bos 5, eos 6, decoder_start 7" in out
     assert ("works on token ids only" in out) is not with_tokenizer
 
-    ours = attnkit.load(run, device="cpu")
-    assert (ours.tokenizer is not None) is with_tokenizer
+    loaded = attnkit.load(run, device="cpu")
+    ours = loaded.model
+    assert (loaded.tokenizer is not None) is with_tokenizer
     gen = hf.generation_config
     expected_ids = {"pad": gen.pad_token_id, "bos": gen.bos_token_id, "eos": gen.eos_token_id,
                     "decoder_start": gen.decoder_start_token_id, "forced_bos": None,
                     "forced_eos": None}
-    assert ours.token_ids == read_token_ids(run) == expected_ids
+    assert loaded.token_ids == read_token_ids(run) == expected_ids
     assert expected_ids["decoder_start"] == 7 and hf.config.pad_token_id == 4
 
     x = inputs()
@@ -205,7 +210,7 @@ def test_converted_run_keeps_the_config_ids_and_generates_like_transformers(
     assert hf_out[:, 0].eq(7).all()  # generate starts from decoder_start_token_id
     expected = [until_eos(row[1:], 6) for row in hf_out.tolist()]
     got = greedy_seq2seq(ours, x["input_ids"], x["attention_mask"],
-                         bos_id=ours.token_ids["decoder_start"], eos_id=ours.token_ids["eos"],
+                         bos_id=loaded.token_ids["decoder_start"], eos_id=loaded.token_ids["eos"],
                          max_new_tokens=24)
     assert got == expected and all(got)
 
@@ -231,8 +236,8 @@ class _IdsTokenizer:
 
 def test_translate_decodes_a_converted_run_like_generate(tmp_path, capsys):
     hf, run, _ = _odd_bart_run(tmp_path, capsys, with_tokenizer=True, loud=True)
-    ours = attnkit.load(run, device="cpu")
-    tok = ours.tokenizer
+    loaded = attnkit.load(run, device="cpu")
+    tok = loaded.tokenizer
     g = torch.Generator().manual_seed(2)
     texts = [" ".join(f"w{i}" for i in torch.randint(8, V, (n,), generator=g).tolist())
              for n in (9, 5, 2)]
@@ -254,7 +259,8 @@ def test_translate_decodes_a_converted_run_like_generate(tmp_path, capsys):
     assert generate([[5, *tok.encode(t), 6] for t in texts], decoder_start_token_id=0) != expected
 
     def ours_out(tokenizer=None) -> list[str]:
-        return translate(ours, texts, tokenizer=tokenizer, beam_size=1, max_new_tokens=24)
+        return translate(loaded.model, texts, tokenizer=tokenizer or tok,
+                         token_ids=loaded.token_ids, beam_size=1, max_new_tokens=24)
 
     assert ours_out(_IdsTokenizer(tok)) == [str(r) for r in expected]
     assert ours_out(_IdsTokenizer(tok, framed=True)) == [str(r) for r in expected]  # not doubled
@@ -318,7 +324,7 @@ def test_import_export_import_is_bit_identical(tmp_path):
         else:
             assert torch.equal(exported[k], t), k
     second = from_hf_bart(tmp_path / "out")
-    a, b = model_state(first), model_state(second)
+    a, b = model_state(first.model), model_state(second.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["decoder_start_token_id"] == 2 and config["pad_token_id"] == 1

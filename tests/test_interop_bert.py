@@ -13,13 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()  # "newly initialized pooler" notes are expected
 
-from attnkit.checkpoint import model_state  # noqa: E402
 from attnkit.cli import main  # noqa: E402
 from attnkit.config import EncoderConfig  # noqa: E402
 from attnkit.errors import AttnkitError  # noqa: E402
 from attnkit.interop.bert import BERT, encoder_config_in, from_hf_bert, hf_tensors, to_hf_bert  # noqa: E402
 from attnkit.interop.decoder import ConfigReader  # noqa: E402
 from attnkit.models import Encoder  # noqa: E402
+from attnkit.weights import model_state  # noqa: E402
 
 TOL = dict(atol=1e-4, rtol=0)  # fp32
 
@@ -68,7 +68,8 @@ def test_bert_model_hidden_states_and_embeddings_match(tmp_path, act):
     torch.manual_seed(0)
     hf = perturbed(transformers.BertModel(hf_config(hidden_act=act)))
     save_hf(hf, tmp_path)
-    ours = from_hf_bert(tmp_path)
+    run = from_hf_bert(tmp_path)
+    ours = run.model
     x = inputs()
     expected = hf(**x).last_hidden_state
     got, _ = ours.hidden_states(x["input_ids"], attention_mask=x["attention_mask"],
@@ -79,7 +80,8 @@ def test_bert_model_hidden_states_and_embeddings_match(tmp_path, act):
     pooled = (expected * m).sum(1) / m.sum(1)
     torch.testing.assert_close(ours.embed(x["input_ids"], x["attention_mask"],
                                           token_type_ids=x["token_type_ids"]), pooled, **TOL)
-    assert ours.cfg.mlm_head is False and ours.cfg.n_labels == 0 and ours.tokenizer is None
+    assert ours.cfg.mlm_head is False and ours.cfg.n_labels == 0 and run.tokenizer is None
+    assert run.source == tmp_path and run.labels is None and run.config.model == ours.cfg
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -87,7 +89,7 @@ def test_masked_lm_logits_match(tmp_path, tied):
     torch.manual_seed(0)
     hf = perturbed(transformers.BertForMaskedLM(hf_config(tie_word_embeddings=tied)))
     save_hf(hf, tmp_path)
-    ours = from_hf_bert(tmp_path)
+    ours = from_hf_bert(tmp_path).model
     assert ours.cfg.tie_embeddings is tied
     x = inputs()
     expected = hf(**x).logits
@@ -104,9 +106,10 @@ def test_sequence_classification_logits_match(tmp_path):
     cfg = hf_config(id2label=names, label2id={v: k for k, v in names.items()})
     hf = perturbed(transformers.BertForSequenceClassification(cfg))
     save_hf(hf, tmp_path)
-    ours = from_hf_bert(tmp_path)
+    run = from_hf_bert(tmp_path)
+    ours = run.model
     assert ours.cfg.n_labels == 3 and ours.cfg.pooling == "cls"
-    assert ours.labels == ["negative", "neutral", "positive"]
+    assert run.labels == ["negative", "neutral", "positive"]
     x = inputs()
     got, loss = ours(**x, labels=torch.tensor([0, 2, 1]))
     torch.testing.assert_close(got, hf(**x).logits, **TOL)
@@ -118,7 +121,7 @@ def test_hf_tensors_round_trip_exactly(tmp_path, tied):
     torch.manual_seed(0)
     hf = perturbed(transformers.BertForMaskedLM(hf_config(tie_word_embeddings=tied)))
     save_hf(hf, tmp_path)
-    back = hf_tensors(from_hf_bert(tmp_path), "mlm")
+    back = hf_tensors(from_hf_bert(tmp_path).model, "mlm")
     from safetensors.torch import load_file
 
     original = load_file(str(tmp_path / "model.safetensors"))
@@ -168,8 +171,8 @@ def test_export_loads_with_stock_transformers(tmp_path, tied):
 
 def test_export_classifier_and_model_without_segments(tmp_path):
     ours = bert_like(n_labels=3, pooling="cls", mlm_head=False)
-    ours.labels = ["a", "b", "c"]
-    assert to_hf_bert(ours, tmp_path / "cls") == "BertForSequenceClassification"
+    assert to_hf_bert(ours, tmp_path / "cls", labels=["a", "b", "c"]) == \
+        "BertForSequenceClassification"
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "cls").eval()
     assert hf.config.id2label == {0: "a", 1: "b", 2: "c"}
     x = inputs()
@@ -271,11 +274,11 @@ def test_minilm_embeddings_match_transformers(minilm, capsys):
 def test_minilm_tokenizer_frames_like_bert(minilm):
     from attnkit.data.labeled import encode_text
 
-    model = from_hf_bert(minilm)
+    run = from_hf_bert(minilm)
     tok = transformers.AutoTokenizer.from_pretrained(minilm)
-    assert model.tokenizer.kind == "hf"
+    assert run.tokenizer.kind == "hf"
     for s in SENTENCES:
-        assert encode_text(model.tokenizer, s, 512) == tok(s)["input_ids"]
+        assert encode_text(run.tokenizer, s, 512) == tok(s)["input_ids"]
 
 
 def test_exported_tokenizer_frames_like_attnkit(tmp_path):
@@ -287,8 +290,7 @@ def test_exported_tokenizer_frames_like_attnkit(tmp_path):
     text = "the plot was not bad. the acting felt dull, honestly. " * 20
     tok = train_tokenizer("bpe", text, 300, specials=("pad", "cls", "sep"))
     ours = bert_like(vocab_size=tok.vocab_size, n_labels=2, pooling="cls", mlm_head=False)
-    ours.tokenizer = tok
-    to_hf_bert(ours, tmp_path)
+    to_hf_bert(ours, tmp_path, tokenizer=tok)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     texts = ["the plot was not bad.", "dull, honestly"]

@@ -21,15 +21,15 @@ from safetensors.torch import load_file, save_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from attnkit.checkpoint import load, model_state  # noqa: E402
 from attnkit.cli import main  # noqa: E402
 from attnkit.config import config_from_dict  # noqa: E402
 from attnkit.errors import AttnkitError  # noqa: E402
 from attnkit.generate import generate_ids  # noqa: E402
-from attnkit.interop import from_hf, is_hf_dir, to_hf  # noqa: E402
+from attnkit.interop import from_hf, is_hf_dir, load, to_hf  # noqa: E402
 from attnkit.interop.keymap import GPT2, LLAMA, TRANSFORMS, Shapes  # noqa: E402
 from attnkit.models import build_model  # noqa: E402
 from attnkit.tokenizers import train_tokenizer  # noqa: E402
+from attnkit.weights import model_state  # noqa: E402
 
 VOCAB = 96
 TOL = 1e-4
@@ -108,11 +108,12 @@ def _assert_same_greedy_tokens(ours: torch.nn.Module, theirs: torch.nn.Module) -
 ], ids=["tied-gelu_new", "untied-gelu-n_inner"])
 def test_gpt2_import_matches_transformers(tmp_path, overrides) -> None:
     folder, hf = _gpt2(tmp_path, **overrides)
-    model = from_hf(folder)
+    run = from_hf(folder)
+    model = run.model
     expected_ffn = "gelu" if overrides else "gelu_tanh"
     assert model.cfg.ffn == expected_ffn and model.cfg.pos == "learned"
     assert model.cfg.tie_embeddings == (not overrides)
-    assert model.tokenizer is None
+    assert run.tokenizer is None and run.source == folder and run.config.model == model.cfg
     _assert_same_logits(model, hf)
     _assert_same_greedy_tokens(model, hf)
 
@@ -124,7 +125,7 @@ def test_gpt2_import_matches_transformers(tmp_path, overrides) -> None:
 ], ids=["gqa", "tied-mqa-bias-gelu"])
 def test_llama_import_matches_transformers(tmp_path, overrides) -> None:
     folder, hf = _llama(tmp_path, **overrides)
-    model = from_hf(folder)
+    model = from_hf(folder).model
     cfg = model.cfg
     assert (cfg.pos, cfg.norm, cfg.rope_theta) == ("rope", "rmsnorm", 1000.0)
     assert cfg.n_kv_heads == overrides.get("num_key_value_heads", 2)
@@ -142,7 +143,7 @@ def test_original_gpt2_keys_without_the_transformer_prefix(tmp_path) -> None:
     tensors = load_file(path)
     save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, path,
               metadata={"format": "pt"})
-    _assert_same_logits(from_hf(folder), hf)
+    _assert_same_logits(from_hf(folder).model, hf)
 
 
 def test_sharded_checkpoint(tmp_path) -> None:
@@ -150,13 +151,13 @@ def test_sharded_checkpoint(tmp_path) -> None:
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
-    _assert_same_logits(from_hf(tmp_path / "sharded"), hf)
+    _assert_same_logits(from_hf(tmp_path / "sharded").model, hf)
 
 
 def test_bf16_checkpoint_is_upcast_exactly(tmp_path) -> None:
     _, hf = _gpt2(tmp_path)
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    model = from_hf(tmp_path / "bf16")
+    model = from_hf(tmp_path / "bf16").model
     assert model.tok_emb.weight.dtype == torch.float32
     assert torch.equal(model.tok_emb.weight, hf.transformer.wte.weight.float())
 
@@ -194,7 +195,7 @@ def test_import_export_import_is_bit_identical(tmp_path, make) -> None:
     first = from_hf(folder)
     to_hf(first, tmp_path / "again")
     second = from_hf(tmp_path / "again")
-    a, b = model_state(first), model_state(second)
+    a, b = model_state(first.model), model_state(second.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The exported file holds exactly the tensors transformers saved, bit for bit.
     saved, exported = load_file(folder / "model.safetensors"), load_file(tmp_path / "again" /
@@ -246,8 +247,9 @@ def test_cli_round_trip_with_tokenizer(tmp_path, capsys) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config_from_dict(config).model.ffn == "gelu_tanh"
 
-    model = load(run, device="cpu")
-    assert model.tokenizer.kind == "bpe" and model.tokenizer.special_tokens == tok.special_tokens
+    loaded = load(run, device="cpu")
+    model = loaded.model
+    assert loaded.tokenizer.kind == "bpe" and loaded.tokenizer.special_tokens == tok.special_tokens
     _assert_same_logits(model, hf)
     assert main(["sample", str(run), "--prompt", "the cat", "--max-new-tokens", "5",
                  "--temperature", "0"]) == 0
@@ -274,14 +276,14 @@ def test_cli_round_trip_without_tokenizer(tmp_path, capsys) -> None:
     assert main(["convert", str(tmp_path / "run"), "--to-hf", str(tmp_path / "back")]) == 0
     assert {p.name for p in (tmp_path / "back").iterdir()} == {"config.json", "model.safetensors"}
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
-    _assert_same_logits(from_hf(folder), back)
+    _assert_same_logits(from_hf(folder).model, back)
 
 
 def test_load_reads_a_hugging_face_folder_directly(tmp_path) -> None:
     folder, hf = _llama(tmp_path)
-    model = load(folder, device="cpu")
-    assert not model.training and model.tokenizer is None
-    _assert_same_logits(model, hf)
+    run = load(folder, device="cpu")
+    assert not run.model.training and run.tokenizer is None and run.source == folder
+    _assert_same_logits(run.model, hf)
 
 
 def test_gpt2_tokenizer_travels_with_the_model(tmp_path) -> None:
@@ -289,9 +291,9 @@ def test_gpt2_tokenizer_travels_with_the_model(tmp_path) -> None:
         pytest.skip("openai-whisper (GPT-2's vocabulary) is not installed")
     folder, _ = _gpt2(tmp_path, vocab_size=50257, n_layer=1)
     train_tokenizer("gpt2", "").save(folder / "tokenizer.json")
-    model = from_hf(folder)
-    assert model.tokenizer.kind == "gpt2" and model.run_config.data.tokenizer == "gpt2"
-    to_hf(model, tmp_path / "out")
+    run = from_hf(folder)
+    assert run.tokenizer.kind == "gpt2" and run.config.data.tokenizer == "gpt2"
+    to_hf(run, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["bos_token_id"] == config["eos_token_id"] == 50256
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")

@@ -1,18 +1,25 @@
-"""The fused output layer + cross-entropy equals the plain one, loss and gradients."""
+"""The fused output layer + cross-entropy (attnkit.backends.loss) equals the plain one, loss
+and gradients, alone and as a train-accelerated model's loss."""
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from attnkit.backends import accelerate
+from attnkit.backends import loss as fused
 from attnkit.config import ModelConfig
 from attnkit.models import Decoder
-from attnkit.nn import loss as fused
 
 
+@pytest.mark.parametrize("onednn", [True, False])  # oneDNN's products or PyTorch's
 @pytest.mark.parametrize("rows", [7, fused.CHUNK, fused.CHUNK * 2 + 3])  # one, exact, ragged chunks
-def test_loss_and_gradients_match_the_plain_path(rows):
+def test_loss_and_gradients_match_the_plain_path(rows, onednn, monkeypatch):
+    if onednn and not fused.PACKING:
+        pytest.skip("no oneDNN in this torch")
+    monkeypatch.setattr(fused, "PACKING", onednn)
     torch.manual_seed(0)
     h = torch.randn(rows, 16, requires_grad=True)
     w = (torch.randn(50, 16) * 0.3).requires_grad_()
@@ -36,43 +43,55 @@ def test_without_gradients_and_with_every_target_ignored():
     assert math.isnan(fused.linear_cross_entropy(h, w, torch.full((5,), -100)).item())
 
 
-def test_a_tied_decoder_trains_identically_without_logits():
+def tiny_pair() -> tuple[Decoder, Decoder]:
+    """A tied decoder in training mode and its train-accelerated copy."""
     torch.manual_seed(0)
     model = Decoder(ModelConfig(vocab_size=300, d_model=32, n_heads=2, n_layers=2,
-                                context_length=64))
+                                context_length=64)).train()
     assert model.lm_head.weight is model.tok_emb.weight
+    return model, accelerate(copy.deepcopy(model), purpose="train", backend="onednn")
+
+
+def grads(model: Decoder) -> dict[str, torch.Tensor]:
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_a_tied_decoder_trains_identically_without_logits():
+    plain, fast = tiny_pair()
     x, y = torch.randint(0, 300, (6, 64)), torch.randint(0, 300, (6, 64))
-    logits, plain = model(x, y)
-    plain.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    none, loss = model(x, y, return_logits=False)
+    logits, want = plain(x, y)
+    want.backward()
+    none, loss = fast(x, y)
     loss.backward()
-    assert none is None and logits is not None
-    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7)
+    assert none is None and logits is not None  # the fused loss builds no logits
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    expected = grads(plain)
+    for name, grad in grads(fast).items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7)
+    # evaluation reads the logits: out of training mode the accelerated model returns them
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        (logits, want), (same, loss) = plain(x, y), fast(x, y)
+    torch.testing.assert_close(same, logits)
+    torch.testing.assert_close(loss, want)
 
 
 def test_bf16_autocast_matches_the_plain_autocast_path():
     """Under CPU bf16 autocast the fused path multiplies in bf16 (as autocast's F.linear does)
     and keeps the softmax, the loss and the gradients in fp32 (as autocast's cross_entropy)."""
-    torch.manual_seed(0)
-    model = Decoder(ModelConfig(vocab_size=300, d_model=32, n_heads=2, n_layers=2,
-                                context_length=64))
+    plain, fast = tiny_pair()
     x, y = torch.randint(0, 300, (6, 64)), torch.randint(0, 300, (6, 64))
     y[:, :5] = -100
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, plain = model(x, y)
-    plain.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+        _, want = plain(x, y)
+    want.backward()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        none, loss = model(x, y, return_logits=False)
+        none, loss = fast(x, y)
     loss.backward()
     assert none is None and loss.dtype == torch.float32
-    torch.testing.assert_close(loss, plain, rtol=1e-3, atol=1e-3)
-    for name, p in model.named_parameters():
-        assert p.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=1e-3, atol=1e-3)
+    expected = grads(plain)
+    for name, grad in grads(fast).items():
+        assert grad.dtype == torch.float32
         scale = expected[name].abs().max()
-        assert (p.grad - expected[name]).abs().max() <= 0.02 * scale, name
+        assert (grad - expected[name]).abs().max() <= 0.02 * scale, name

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnkit
+from attnkit import devices
 from attnkit.config import ModelConfig
 from attnkit.errors import AttnkitError
 from attnkit.generate import (
@@ -22,6 +23,8 @@ from attnkit.generate import (
     top_p_filter,
 )
 from attnkit.models import Decoder
+from attnkit.models.contract import Abilities
+from attnkit.nn import OutputHead
 from attnkit.tokenizers import ByteTokenizer, CharTokenizer
 
 NEG_INF = float("-inf")
@@ -346,24 +349,25 @@ def test_greedy_equals_full_forward_within_the_context(pos, tok):
     assert len(set(cached)) > 1  # not a degenerate repetition of one token
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16")
-def test_greedy_through_the_output_layers_screen_gives_the_full_forward_tokens(monkeypatch):
-    """With a vocabulary-sized output layer, plain greedy decoding asks it for the argmax alone
-    (the bf16 screen, OutputHead.greedy) and never builds the fp32 logits, with the tokens of
-    full forward passes."""
-    from attnkit.nn import head
+@pytest.mark.skipif(not devices.cpu_has_native_bf16(),
+                    reason="the bf16 screen runs only on a CPU with native bf16 (AVX512-BF16 or AMX)")
+def test_greedy_through_the_output_layers_screen_gives_the_full_forward_tokens():
+    """With a vocabulary-sized output layer, accelerated greedy decoding asks it for the argmax
+    alone (the bf16 screen, DecodeHead.greedy) and never builds the fp32 logits, with the
+    tokens of full forward passes of the plain model."""
+    from attnkit.backends import accelerate
 
-    monkeypatch.setattr(head, "PACKED_DTYPES", (torch.float32, torch.bfloat16))
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=16384, context_length=32, d_model=256, n_layers=1, n_heads=4)
     model = Decoder(cfg).eval()
     prompt = [5, 700, 9000]
-    cached = list(generate_ids(model, prompt, 12, temperature=0))
-    assert cached == greedy_without_cache(model, prompt, 12, window=lambda length: length)
-    assert model.lm_head._screen is not None and model.lm_head._packed is None
-    model.lm_head._screen = None
-    list(generate_ids(model, prompt, 3, temperature=0, repetition_penalty=1.3))  # full logits
-    assert model.lm_head._screen is None and model.lm_head._packed is not None
+    expected = greedy_without_cache(model, prompt, 12, window=lambda length: length)
+    fast = accelerate(model, purpose="decode")
+    assert list(generate_ids(fast, prompt, 12, temperature=0)) == expected
+    assert fast.lm_head._screen is not None and fast.lm_head._packed is None
+    fast.lm_head._screen = None
+    list(generate_ids(fast, prompt, 3, temperature=0, repetition_penalty=1.3))  # full logits
+    assert fast.lm_head._screen is None and fast.lm_head._packed is not None
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
@@ -388,27 +392,35 @@ def test_greedy_equals_full_forward_beyond_the_context(pos, tok):
 
 
 class ScriptedModel(torch.nn.Module):
-    """Stands in for a decoder: each forward pass makes the next scripted byte certain."""
+    """Stands in for a decoder: each step makes the next scripted byte certain. Its hidden
+    state is the logits themselves (C = V = 256), so its output layer is the identity."""
+
+    abilities = Abilities(generates=True)
 
     def __init__(self, script: bytes, context_length: int = 64) -> None:
         super().__init__()
         self.cfg = SimpleNamespace(context_length=context_length)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.lm_head = OutputHead(256, 256, bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(torch.eye(256))
         self.script = list(script)
         self.calls = 0
 
-    def new_cache(self, batch_size: int):  # takes no size, as a user's model may not
+    def new_cache(self, batch_size: int, max_len: int | None = None):
         cache = SimpleNamespace(length=0)
         cache.reset = lambda: setattr(cache, "length", 0)
         return cache
 
-    def forward(self, ids: torch.Tensor, targets=None, *, cache=None):
-        logits = torch.full((ids.shape[0], ids.shape[1], 256), -10.0)
-        logits[:, -1, self.script[self.calls % len(self.script)]] = 10.0
+    def hidden(self, ids: torch.Tensor, *, cache=None) -> torch.Tensor:
+        h = torch.full((ids.shape[0], ids.shape[1], 256), -10.0)  # (B, T, C)
+        h[:, -1, self.script[self.calls % len(self.script)]] = 10.0
         self.calls += 1
         if cache is not None:
             cache.length += ids.shape[1]
-        return logits, None
+        return h
+
+    def forward(self, ids: torch.Tensor, targets=None, *, cache=None):
+        return self.lm_head(self.hidden(ids, cache=cache)), None
 
 
 @pytest.mark.parametrize("text", ["é€😀", "aé b€c😀"])
@@ -435,3 +447,13 @@ def test_incomplete_character_at_the_end_is_flushed():
     pieces = list(stream(model, "x", len(data), tokenizer=ByteTokenizer(), temperature=0))
     assert pieces[0] == "é"
     assert "".join(pieces) == "é\ufffd"
+
+
+def test_generate_given_a_loaded_run_says_to_pass_its_model(tok):
+    from attnkit.config import RunConfig
+
+    run = attnkit.Loaded(tiny_decoder("learned"), tok, RunConfig())
+    with pytest.raises(AttnkitError, match="pass run.model with tokenizer=run.tokenizer"):
+        attnkit.generate(run, "ab", 3, tokenizer=tok)
+    assert run.generate("ab", 3, temperature=0) == attnkit.generate(run.model, "ab", 3,
+                                                                   tokenizer=tok, temperature=0)

@@ -92,9 +92,9 @@ def test_one_function_names_the_option_the_way_each_caller_spells_it():
 
 
 def test_the_python_api_refuses_nan_rules_through_the_same_check(trained_run):
-    model = attnkit.load(trained_run, device="cpu")
+    run = attnkit.load(trained_run, device="cpu")
     for kwargs, words in [({"min_p": math.nan}, "min_p must be a finite number"),
                           ({"repetition_penalty": math.inf}, "repetition_penalty must be a finite"),
                           ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be 0 (off)")]:
         with pytest.raises(AttnkitError, match=words.replace("(", r"\(").replace(")", r"\)")):
-            attnkit.generate(model, "The ", 3, **kwargs)
+            attnkit.generate(run.model, "The ", 3, tokenizer=run.tokenizer, **kwargs)

@@ -29,6 +29,8 @@ from attnkit.generate import (
     top_p_filter,
 )
 from attnkit.models import Decoder
+from attnkit.models.contract import Abilities
+from attnkit.nn import OutputHead
 from attnkit.tokenizers import CharTokenizer
 
 INF = float("-inf")
@@ -216,23 +218,31 @@ def test_bad_rule_values_raise(model, tok):
 
 
 class Scripted(torch.nn.Module):
-    """Each forward pass makes the next character of ``script`` certain."""
+    """Each step makes the next character of ``script`` certain. Its hidden state is the
+    logits themselves (C = V), so its output layer is the identity."""
+
+    abilities = Abilities(generates=True)
 
     def __init__(self, script: str, tok: CharTokenizer) -> None:
         super().__init__()
         self.cfg = SimpleNamespace(context_length=64)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.lm_head = OutputHead(len(CHARS), len(CHARS), bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(torch.eye(len(CHARS)))
         self.ids = tok.encode(script)
         self.calls = 0
 
-    def new_cache(self, batch_size: int):
+    def new_cache(self, batch_size: int, max_len: int | None = None):
         return SimpleNamespace(length=0, reset=lambda: None)
 
-    def forward(self, ids: torch.Tensor, targets=None, *, cache=None):
-        logits = torch.full((ids.shape[0], ids.shape[1], len(CHARS)), -10.0)
-        logits[:, -1, self.ids[self.calls % len(self.ids)]] = 10.0
+    def hidden(self, ids: torch.Tensor, *, cache=None) -> torch.Tensor:
+        h = torch.full((ids.shape[0], ids.shape[1], len(CHARS)), -10.0)  # (B, T, C)
+        h[:, -1, self.ids[self.calls % len(self.ids)]] = 10.0
         self.calls += 1
-        return logits, None
+        return h
+
+    def forward(self, ids: torch.Tensor, targets=None, *, cache=None):
+        return self.lm_head(self.hidden(ids, cache=cache)), None
 
 
 def test_stop_string_ends_generation_and_is_not_emitted(tok):
@@ -343,13 +353,15 @@ def test_left_padded_forward_matches_unpadded_logits():
 
 
 def test_cli_rule_flags_match_the_python_api(small_run, capsys):
-    model = attnkit.load(small_run)
+    run = attnkit.load(small_run)
     flags = ["--min-p", "0.1", "--repetition-penalty", "1.3", "--no-repeat-ngram", "2"]
     rc, out, err = cli(capsys, "sample", small_run, "--prompt", "The ", "--max-new-tokens",
                        "20", "--seed", "1", *flags)
     assert rc == 0, err
-    expected = attnkit.generate(model, "The ", 20, temperature=0.8, seed=1, min_p=0.1,
-                                repetition_penalty=1.3, no_repeat_ngram_size=2)
+    expected = attnkit.generate(run.model, "The ", 20, tokenizer=run.tokenizer, temperature=0.8,
+                                seed=1, min_p=0.1, repetition_penalty=1.3, no_repeat_ngram_size=2)
+    assert run.generate("The ", 20, temperature=0.8, seed=1, min_p=0.1, repetition_penalty=1.3,
+                        no_repeat_ngram_size=2) == expected
     assert out == "The " + expected + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from test_cli import cli
 
 import attnkit
-from attnkit.checkpoint import model_state
 from attnkit.config import Seq2SeqConfig, resolve
 from attnkit.data.pairs import load_parallel, read_pairs, source_batch, split_pairs
 from attnkit.data.synthetic import SYNTHETIC, synthetic_splits
@@ -20,6 +20,7 @@ from attnkit.models import Seq2Seq, build_model
 from attnkit.nn import Attention
 from attnkit.tokenizers import load_tokenizer
 from attnkit.train import Trainer
+from attnkit.weights import model_state
 
 V = 23
 
@@ -284,7 +285,7 @@ def test_cli_train_translate_eval_round_trip(env, capsys):
              if "val_loss" in line]
     assert [e["step"] for e in evals] == [3, 6] and all("exact_match" in e for e in evals)
 
-    model = attnkit.load(run)
+    model = attnkit.load(run).model
     assert isinstance(model, Seq2Seq) and not model.training
     rc, out, err = cli(capsys, "translate", run, "--text", "abc", "--text", "hello",
                        "--max-new-tokens", "5")
@@ -315,8 +316,8 @@ def test_seq2seq_resume_is_exact(env, capsys):
                "--out", "part")[0] == 0
     rc, _, err = cli(capsys, "train", "--resume", "part", "--train.steps=8")
     assert rc == 0, err
-    a = attnkit.load(env / "full").state_dict()
-    b = attnkit.load(env / "part").state_dict()
+    a = attnkit.load(env / "full").model.state_dict()
+    b = attnkit.load(env / "part").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -387,3 +388,33 @@ def test_reverse_recipe_reaches_99_percent_on_test(env, capsys):
     rc, out, err = cli(capsys, "eval", "rev", "--json")
     assert rc == 0, err
     assert json.loads(out)["exact_match"] >= 0.99
+
+
+def test_seq2seq_on_the_shared_block_matches_the_outputs_recorded_before_it():
+    """tests/data/seq2seq_reference.safetensors holds, for three knob settings, the weights,
+    logits, loss and attention maps of the encoder-decoder as it was built before its layers
+    became the shared Block (own EncoderLayer / DecoderLayer): the same state-dict keys load
+    and give the same numbers."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(Path(__file__).parent / "data" / "seq2seq_reference.safetensors"),
+                   "pt") as f:
+        meta = f.metadata()
+        ref = {k: f.get_tensor(k) for k in f.keys()}
+    configs = json.loads(meta["configs"])
+    base = configs.pop("base")
+    for name, knobs in configs.items():
+        model = Seq2Seq(Seq2SeqConfig(**base, **knobs)).eval()
+        state = {k.split("/", 2)[2]: v for k, v in ref.items() if k.startswith(f"{name}/state/")}
+        assert set(model.state_dict()) == set(json.loads(meta[f"{name}/keys"])), name
+        model.load_state_dict(state)
+        logits, loss = model(ref["input_ids"], ref["targets"], src_ids=ref["src_ids"],
+                             src_mask=ref["src_mask"])
+        torch.testing.assert_close(logits, ref[f"{name}/logits"], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(loss, ref[f"{name}/loss"], atol=1e-6, rtol=1e-6)
+        maps = model.attention_maps(ref["src_ids"], ref["input_ids"], ref["src_mask"])
+        for part, layers in maps.items():
+            for i, w in enumerate(layers):
+                torch.testing.assert_close(w, ref[f"{name}/maps/{part}/{i}"], atol=1e-6, rtol=1e-6)

@@ -67,13 +67,14 @@ def train(root: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def run(tmp_path_factory):
+    """One tiny trained decoder run: what attnkit.load returns."""
     return attnkit.load(train(tmp_path_factory.mktemp("serve")), device="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(model):
-    with Server(create_app(model, "tiny", api_key=KEY, max_tokens_limit=200)) as s:
+def server(run):
+    with Server(create_app(run, "tiny", api_key=KEY, max_tokens_limit=200)) as s:
         yield s
 
 
@@ -87,9 +88,9 @@ def test_health_and_models(server, client):
     assert [m.id for m in client.models.list()] == ["tiny"]
 
 
-def test_completion_matches_the_sampler(client, model):
+def test_completion_matches_the_sampler(client, run):
     r = client.completions.create(model="tiny", prompt="The ", max_tokens=12, temperature=0)
-    expected = attnkit.generate(model, "The ", 12, temperature=0)
+    expected = run.generate("The ", 12, temperature=0)
     assert r.choices[0].text == expected
     assert r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens == 12
@@ -108,8 +109,8 @@ def test_streaming_completion_equals_the_whole(client):
     assert chunks[-1].usage.completion_tokens == 15
 
 
-def test_stop_string_ends_with_finish_reason_stop(client, model):
-    full = attnkit.generate(model, "a", 30, temperature=0)
+def test_stop_string_ends_with_finish_reason_stop(client, run):
+    full = run.generate("a", 30, temperature=0)
     stop = full[5:7]
     r = client.completions.create(model="tiny", prompt="a", max_tokens=30, temperature=0, stop=stop)
     assert r.choices[0].text == full[:full.index(stop)]
@@ -122,14 +123,14 @@ def test_stop_filter_holds_back_a_possible_stop():
     assert f.feed("yEND tail") == "y" and f.stopped and f.flush() == ""
 
 
-def test_chat_completion_and_stream(client, model):
+def test_chat_completion_and_stream(client, run):
     messages = [{"role": "system", "content": "Be."}, {"role": "user", "content": "Hi"}]
     r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
     prompt = chat_prompt(messages)
     assert prompt == "system: Be.\nuser: Hi\nassistant:"
     content = r.choices[0].message.content
     assert r.choices[0].message.role == "assistant"
-    assert attnkit.generate(model, prompt, 10, temperature=0).startswith(content)
+    assert run.generate(prompt, 10, temperature=0).startswith(content)
     assert r.usage.prompt_tokens == len(prompt)
     streamed = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
                                               temperature=0, stream=True)
@@ -239,9 +240,9 @@ def test_playground_endpoints(server):
 def test_embeddings_from_an_encoder(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-enc")
     enc = attnkit.load(train(root, "--model.family=encoder", "--data.task=mlm"), device="cpu")
-    from attnkit.commands.embed import embed_texts
+    from attnkit.generate.embed import embed_texts
 
-    expected = embed_texts(enc, ["hello", "the fox"])[0]
+    expected = embed_texts(enc.model, ["hello", "the fox"], tokenizer=enc.tokenizer)[0]
     with Server(create_app(enc, "enc")) as s:
         c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
         r = c.embeddings.create(model="enc", input=["hello", "the fox"])  # base64 by default
@@ -273,3 +274,28 @@ def test_usage_counts_the_models_tokens_not_re_encoded_text(tmp_path_factory):
                                      seed=seed)
             assert r.choices[0].finish_reason == "length"
             assert r.usage.completion_tokens == 9 and r.usage.prompt_tokens == 1
+
+
+@pytest.mark.parametrize("family, words", [
+    ("seq2seq", "whose attention pairs a source with a target"),
+    ("lstm", "which has no attention"),
+])
+def test_attention_of_a_model_without_maps_over_one_text_is_a_400(family, words):
+    """The attention endpoint asks ``abilities.attention_maps``; an encoder-decoder (whose maps
+    need a source and a target) and an LSTM get a 400 saying why, not a server error."""
+    import httpx
+
+    from attnkit.config import LSTMConfig, RunConfig, Seq2SeqConfig
+    from attnkit.models import build_model
+    from attnkit.tokenizers import CharTokenizer
+
+    tok = CharTokenizer(list("abc"), specials=["pad", "bos", "eos"])
+    small = {"vocab_size": tok.vocab_size, "context_length": 8, "d_model": 16}
+    cfg = (Seq2SeqConfig(**small, n_heads=2, n_encoder_layers=1, n_decoder_layers=1)
+           if family == "seq2seq" else LSTMConfig(**small, n_layers=1))
+    run = attnkit.Loaded(build_model(cfg).eval(), tok, RunConfig())
+    with Server(create_app(run, "m")) as s:
+        r = httpx.post(f"{s.url}/v1/attnkit/attention", json={"prompt": "ab"}, timeout=TIMEOUT)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert words in error["message"] and error["code"] == "unsupported_model"

@@ -23,7 +23,7 @@ import attnkit  # noqa: E402
 from attnkit.cli import build_parser, main  # noqa: E402
 from attnkit.serve.app import create_app  # noqa: E402
 
-model = test_serve.model  # the fixture: one tiny trained run, loaded
+run = test_serve.run  # the fixture: one tiny trained run, loaded
 
 SECRET = "sk-attnkit-SECRET-4f9c2e"  # distinctive, so any echo of it is found
 LIMIT = 200
@@ -43,8 +43,8 @@ class LoggedServer(Server):
 
 
 @pytest.fixture(scope="module")
-def logged_server(model):
-    with LoggedServer(create_app(model, "tiny", api_key=SECRET, max_tokens_limit=LIMIT)) as s:
+def logged_server(run):
+    with LoggedServer(create_app(run, "tiny", api_key=SECRET, max_tokens_limit=LIMIT)) as s:
         yield s
 
 
@@ -68,10 +68,10 @@ def openai_error(r: httpx.Response, status: int, code: str | None = None) -> dic
 # ------------------------------------------------------------------ binding
 
 
-def test_serve_binds_localhost_by_default(tmp_path, monkeypatch, capsys, model):
+def test_serve_binds_localhost_by_default(tmp_path, monkeypatch, capsys, run):
     assert build_parser().parse_args(["serve", "run"]).host == "127.0.0.1"
     seen = {}
-    monkeypatch.setattr(attnkit, "load", lambda *a, **k: model)
+    monkeypatch.setattr(attnkit, "load", lambda *a, **k: run)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     assert main(["serve", str(tmp_path), "--api-key", SECRET]) == 0
     assert seen["host"] == "127.0.0.1"
@@ -84,9 +84,9 @@ def test_serve_binds_localhost_by_default(tmp_path, monkeypatch, capsys, model):
     assert "without --api-key" in capsys.readouterr().err
 
 
-def test_serve_loads_the_weights_in_the_dtype_asked_for(tmp_path, monkeypatch, model):
+def test_serve_loads_the_weights_in_the_dtype_asked_for(tmp_path, monkeypatch, run):
     asked = []
-    monkeypatch.setattr(attnkit, "load", lambda *a, **k: asked.append(k["dtype"]) or model)
+    monkeypatch.setattr(attnkit, "load", lambda *a, **k: asked.append(k["dtype"]) or run)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     assert main(["serve", str(tmp_path)]) == 0
     assert main(["serve", str(tmp_path), "--dtype", "bf16"]) == 0

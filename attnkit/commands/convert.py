@@ -43,11 +43,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.from_hf is not None:
         if args.to_hf is not None or args.run is not None or args.out is None:
             raise AttnkitError(f"--from-hf DIR needs --out RUN and nothing else (usage: {USAGE})")
-        model = convert_from_hf(args.from_hf, args.out)
-        tok = model.tokenizer
+        run = convert_from_hf(args.from_hf, args.out)
+        tok = run.tokenizer
         note = f", {tok.kind} tokenizer" if tok is not None else ", no tokenizer"
-        print(f"converted {args.from_hf} ({_describe(model)}){note} -> {args.out}")
-        ids = getattr(model, "token_ids", None)
+        print(f"converted {args.from_hf} ({_describe(run.model)}){note} -> {args.out}")
+        ids = run.token_ids
         if ids is not None:  # BART: the ids of its config.json, kept in token_ids.json
             print("token ids kept from config.json: " +
                   ", ".join(f"{k} {v}" for k, v in ids.items() if v is not None))
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.to_hf is not None:
         if args.run is None or args.out is not None:
             raise AttnkitError(f"--to-hf DIR needs the run to export before it (usage: {USAGE})")
-        model = convert_to_hf(args.run, args.to_hf)
-        tok = getattr(model, "tokenizer", None)
+        run = convert_to_hf(args.run, args.to_hf)
+        tok = run.tokenizer
         note = "" if tok is None or tok.kind in ("hf", "gpt2", "bpe") else \
             f" (the {tok.kind} tokenizer has no Hugging Face form: no tokenizer.json written)"
-        print(f"exported {args.run} ({_describe(model)}) -> {args.to_hf}{note}")
+        print(f"exported {args.run} ({_describe(run.model)}) -> {args.to_hf}{note}")
         return 0
     raise AttnkitError(f"say which way to convert (usage: {USAGE})")
 

@@ -2,7 +2,7 @@
 
 Each text is framed like BERT's inputs (``[CLS] ... [SEP]``), run through the
 encoder, and its last hidden states are averaged over the real tokens - the mean
-pooling of sentence-transformers.
+pooling of sentence-transformers, computed by :func:`attnkit.generate.embed.embed_texts`.
 """
 
 from __future__ import annotations
@@ -39,46 +39,19 @@ def add_parser(sub) -> None:
 
 
 def load_encoder(path: Path, device: str = "cpu"):
-    """An encoder with its tokenizer, through :func:`attnkit.load` (which sends a Hugging Face
-    BERT folder to the BERT importer)."""
+    """The :class:`~attnkit.interop.loaded.Loaded` run of an encoder that has a tokenizer,
+    through :func:`attnkit.load` (which sends a Hugging Face BERT folder to the BERT importer)."""
     import attnkit
 
-    model = attnkit.load(path, device)
-    if not hasattr(model, "embed"):
-        family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-        raise AttnkitError(f"{path} holds a {family} model, and embeddings come from an encoder "
-                           f"(train one with `attnkit train encoder-mlm`, or point at a Hugging "
-                           f"Face BERT folder)")
-    if getattr(model, "tokenizer", None) is None:
+    loaded = attnkit.load(path, device)
+    if not loaded.model.abilities.embeds:
+        raise AttnkitError(f"{path} holds a {loaded.model.cfg.family} model, and embeddings come "
+                           f"from an encoder (train one with `attnkit train encoder-mlm`, or "
+                           f"point at a Hugging Face BERT folder)")
+    if loaded.tokenizer is None:
         raise AttnkitError(f"{path} has no tokenizer.json (put the model's tokenizer.json in the "
                            f"folder)")
-    return model
-
-
-def embed_texts(model, texts: list[str], batch_size: int = 32, normalize: bool = False,
-                on_truncate=None):
-    """Embeddings (N, C) of ``texts`` as a float tensor on the CPU."""
-    import torch
-
-    from attnkit.data.labeled import encode_text, pad_batch
-
-    tok = model.tokenizer
-    limit = model.cfg.context_length
-    pad_id = tok.special_tokens.get("pad", 0)
-    device = next(model.parameters()).device
-    seqs = []
-    for i, text in enumerate(texts):
-        ids = encode_text(tok, text, limit)
-        if on_truncate is not None and len(ids) == limit and \
-                len(encode_text(tok, text, limit + 1)) > limit:
-            on_truncate(i, limit)
-        seqs.append(ids)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(seqs), batch_size):
-            ids, mask = pad_batch(seqs[start:start + batch_size], pad_id, device)
-            out.append(model.embed(ids, mask, normalize=normalize).float().cpu())
-    return torch.cat(out), [len(s) for s in seqs]
+    return loaded
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -87,12 +60,16 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                            f"--help`)")
     if args.batch_size < 1:
         raise AttnkitError("--batch-size must be at least 1")
-    model = load_encoder(args.run, args.device)
+    from attnkit.generate.embed import embed_texts
+
+    loaded = load_encoder(args.run, args.device)
 
     def note(i: int, limit: int) -> None:
         print(f"note: text {i + 1} was cut to the model's {limit} tokens", file=sys.stderr)
 
-    vectors, lengths = embed_texts(model, args.text, args.batch_size, args.normalize, note)
+    vectors, lengths = embed_texts(loaded.model, args.text, tokenizer=loaded.tokenizer,
+                                   batch_size=args.batch_size, normalize=args.normalize,
+                                   on_truncate=note)
     if args.json:
         print(json.dumps(vectors.tolist()))
         return 0

@@ -70,8 +70,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from attnkit.generate.beam import translate_ids
 
     split = split_name(args.split)
-    model = load_seq2seq(args.run, args.device, "eval")
-    cfg, tokenizer = model.run_config, model.tokenizer
+    run = load_seq2seq(args.run, args.device, "eval", args.backend)
+    model, cfg, tokenizer = run.model, run.config, run.tokenizer
     spec = args.data or cfg.data.path
     pairs = load_parallel(spec, cfg.data.val_fraction).split(split)[:args.limit]
     pad_id, bos_id, eos_id = special_ids(tokenizer)

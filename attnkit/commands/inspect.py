@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from attnkit.commands import add_backend_argument
 from attnkit.errors import AttnkitError
 from attnkit.tokenizers.specials import HF_SPELLINGS
 
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="tokens listed per temperature, or "
                    "per [MASK] (10)")
     p.add_argument("--device", default="cpu", help="cpu | auto | cuda | mps (default cpu)")
+    add_backend_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
@@ -76,18 +78,22 @@ def _check_args(args: argparse.Namespace, extra: list[str]) -> list[float]:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     temperatures = _check_args(args, extra)
     import attnkit
+    from attnkit.backends import accelerate
 
-    model = attnkit.load(args.run, device=args.device)
-    family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-    if family == "seq2seq" and args.embeddings:
-        raise AttnkitError(f"{args.run} is a seq2seq model: --embeddings plots a decoder's or "
-                           f"encoder's token table (use --prompt for its attention pictures)")
-    if getattr(model, "tokenizer", None) is None:
+    loaded = attnkit.load(args.run, device=args.device)
+    model, tok = loaded.model, loaded.tokenizer
+    if model.abilities.translates and args.embeddings:
+        raise AttnkitError(f"{args.run} is a {model.cfg.family} model: --embeddings plots a "
+                           f"decoder's or encoder's token table (use --prompt for its attention "
+                           f"pictures)")
+    if tok is None:
         raise AttnkitError(f"{args.run} has no tokenizer.json, so the prompt cannot be encoded "
                            f"(add the model's tokenizer.json to the folder)")
+    # the attention maps are computed on the models' eager path, whatever the back-end
+    accelerate(model, purpose="decode", backend=args.backend)
     mask_id = None  # refused before anything is written, like the other bad prompts below
-    if family == "encoder" and args.prompt is not None:
-        mask_id = _mask_id(model, args.run, args.prompt)
+    if _is_encoder(model) and args.prompt is not None:
+        mask_id = _mask_id(model, tok, args.run, args.prompt)
     out = args.out or Path(args.run) / "inspect"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,12 +101,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise AttnkitError(f"cannot create {out}: {e.strerror or e} (choose another --out)") from None
     written: list[Path] = []
     summary: list[str] = []
-    if args.prompt is not None and family == "seq2seq":
-        written += inspect_seq2seq(model, args, out, summary)
+    if args.prompt is not None and model.abilities.translates:
+        written += inspect_seq2seq(model, tok, args, out, summary)
     elif args.prompt is not None:
-        written += inspect_prompt(model, family, args, temperatures, out, summary, mask_id)
+        written += inspect_prompt(model, tok, args, temperatures, out, summary, mask_id)
     if args.embeddings:
-        written += inspect_embeddings(model, out, summary)
+        written += inspect_embeddings(model, tok, out, summary)
     print(f"wrote {len(written)} files to {out}:")
     for path in written:
         print(f"  {path}")
@@ -109,11 +115,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _encode(model, family: str, prompt: str, mask_id: int | None = None) -> list[int]:
-    """The prompt's ids; an encoder's framed ``[CLS] ... [SEP]``, with ``mask_id`` at each
-    mask marker (plain text never encodes to a special token, so the markers are cut out and
-    the text between them encoded piece by piece)."""
-    tok = model.tokenizer
+def _is_encoder(model) -> bool:
+    """Whether ``model`` reads its whole input at once and neither continues nor translates
+    it (an encoder: ``[CLS] ... [SEP]`` inputs, [MASK] predictions or class logits)."""
+    return not (model.abilities.generates or model.abilities.translates)
+
+
+def _encode(model, tok, prompt: str, mask_id: int | None = None, framed: bool = False
+            ) -> list[int]:
+    """The prompt's ids; ``framed`` (an encoder's) ``[CLS] ... [SEP]``, with ``mask_id`` at
+    each mask marker (plain text never encodes to a special token, so the markers are cut out
+    and the text between them encoded piece by piece)."""
     if mask_id is None:
         ids = tok.encode(prompt)  # unseen characters raise AttnkitError
     else:
@@ -121,7 +133,7 @@ def _encode(model, family: str, prompt: str, mask_id: int | None = None) -> list
         ids = tok.encode(pieces[0]) if pieces[0] else []
         for piece in pieces[1:]:
             ids += [mask_id] + (tok.encode(piece) if piece else [])
-    if family == "encoder":  # framed like the encoder's training inputs: [CLS] ... [SEP]
+    if framed:  # like the encoder's training inputs: [CLS] ... [SEP]
         specials = getattr(tok, "special_tokens", {}) or {}
         ids = ([specials["cls"]] if "cls" in specials else []) + ids + \
               ([specials["sep"]] if "sep" in specials else [])
@@ -149,12 +161,11 @@ def _marker_pattern(tokenizer) -> re.Pattern:
     return re.compile("|".join(re.escape(m) for m in sorted(spellings, key=len, reverse=True)))
 
 
-def _mask_id(model, run: Path, prompt: str) -> int | None:
+def _mask_id(model, tok, run: Path, prompt: str) -> int | None:
     """The id each mask marker of an encoder's prompt becomes, or None for a prompt without
     markers on an encoder that cannot fill them (a classifier: attention pictures only)."""
-    tok = model.tokenizer
     mask_id = (getattr(tok, "special_tokens", {}) or {}).get("mask")
-    has_head = getattr(model, "mlm_head", None) is not None
+    has_head = model.abilities.masked_lm
     marked = _marker_pattern(tok).search(prompt) is not None
     if marked and not has_head:
         raise AttnkitError(f"{run} is an encoder without a masked-LM head (a classifier), so it "
@@ -188,8 +199,9 @@ def _mask_context(prompt: str, pattern: re.Pattern, k: int, width: int = 24) -> 
     return repr(left + "[?]" + right)
 
 
-def inspect_masks(model, args, ids: list[int], x, mask_id: int, temperatures: list[float],
-                  out: Path, summary: list[str]) -> tuple[list[dict], Path]:
+def inspect_masks(model, tok, args, ids: list[int], x, mask_id: int,
+                  temperatures: list[float], out: Path, summary: list[str]
+                  ) -> tuple[list[dict], Path]:
     """The masked-LM distribution at each masked position: the JSON entries, one summary line
     per mask (the top ``--top`` tokens at the temperature closest to 1) and one bar chart."""
     from attnkit.viz import inspect as nums
@@ -197,10 +209,10 @@ def inspect_masks(model, args, ids: list[int], x, mask_id: int, temperatures: li
 
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     logits = nums.masked_logits(model, x, positions)  # (M, V)
-    pattern = _marker_pattern(model.tokenizer)
+    pattern = _marker_pattern(tok)
     entries, panels = [], []
     for k, (pos, row) in enumerate(zip(positions, logits)):
-        dists = nums.next_token(row, temperatures, args.top, model.tokenizer)
+        dists = nums.next_token(row, temperatures, args.top, tok)
         entries.append({"position": pos, "distributions": dists})
         where = f"[MASK] {k + 1} of {len(positions)} (token {pos})"
         panels.append({"title": f"{where}: {_mask_context(args.prompt, pattern, k)}",
@@ -211,24 +223,26 @@ def inspect_masks(model, args, ids: list[int], x, mask_id: int, temperatures: li
     return entries, plots.masked_token_bars(panels, out / "masked_tokens.png")
 
 
-def inspect_prompt(model, family: str, args, temperatures: list[float], out: Path,
+def inspect_prompt(model, tok, args, temperatures: list[float], out: Path,
                    summary: list[str], mask_id: int | None = None) -> list[Path]:
-    """Attention, entropy and the next-token picture of a decoder or LSTM; for an encoder, the
-    masked-token view at each marker that ``mask_id`` (from :func:`_mask_id`) replaces."""
+    """Attention (``abilities.attention_maps``), entropy and the next-token picture of a
+    model that generates; for an encoder, the masked-token view at each marker that
+    ``mask_id`` (from :func:`_mask_id`) replaces."""
     import torch
 
     from attnkit.viz import inspect as nums
     from attnkit.viz import plots
 
-    ids = _encode(model, family, args.prompt, mask_id)
-    tokens = [nums.token_label(model.tokenizer, i) for i in ids]
+    family = model.cfg.family  # written into inspect.json and the summary, never branched on
+    encoder = _is_encoder(model)
+    ids = _encode(model, tok, args.prompt, mask_id, framed=encoder)
+    tokens = [nums.token_label(tok, i) for i in ids]
     device = next(model.parameters()).device
     x = torch.tensor([ids], dtype=torch.long, device=device)
     data: dict = {"run": str(args.run), "family": family, "prompt": args.prompt, "ids": ids,
                   "tokens": tokens}
     written: list[Path] = []
-    has_attention = hasattr(model, "attention_maps")
-    if has_attention:
+    if model.abilities.attention_maps:
         weights = nums.attention_weights(model, x)  # (L, nh, T, T)
         n_layers, n_heads = weights.shape[:2]
         _check_layer_head(args, n_layers, n_heads)
@@ -254,18 +268,18 @@ def inspect_prompt(model, family: str, args, temperatures: list[float], out: Pat
     else:
         summary.append(f"no attention: {family} models have none, so only the next-token "
                        f"picture is drawn")
-    if family == "encoder" and mask_id is not None:
-        data["masked"], png = inspect_masks(model, args, ids, x, mask_id, temperatures, out,
-                                            summary)
+    if encoder and mask_id is not None:
+        data["masked"], png = inspect_masks(model, tok, args, ids, x, mask_id, temperatures,
+                                            out, summary)
         written.append(png)
-    elif family == "encoder":  # one that cannot fill a [MASK] (_mask_id refused any)
-        why = ("has no masked-LM head" if getattr(model, "mlm_head", None) is None
+    elif encoder:  # one that cannot fill a [MASK] (_mask_id refused any)
+        why = ("has no masked-LM head" if not model.abilities.masked_lm
                else "has a tokenizer without a mask token")
         summary.append(f"no [MASK] predictions: this encoder {why} (a classifier), and an "
                        f"encoder does not continue text")
     else:
         logits = nums.last_logits(model, x)
-        dists = nums.next_token(logits, temperatures, args.top, model.tokenizer)
+        dists = nums.next_token(logits, temperatures, args.top, tok)
         data["next_token"] = dists
         label = repr(args.prompt if len(args.prompt) <= 24 else "..." + args.prompt[-21:])
         written.append(plots.next_token_bars(dists, out / "next_token.png", label))
@@ -303,7 +317,7 @@ def _heatmaps(weights, args, out: Path, prefix: str, what: str, rows: list[str],
     return written
 
 
-def inspect_seq2seq(model, args, out: Path, summary: list[str]) -> list[Path]:
+def inspect_seq2seq(model, tok, args, out: Path, summary: list[str]) -> list[Path]:
     """Translate the prompt greedily, then draw the attention of that very pass: cross-attention
     (each output token against the source: the alignment picture), the encoder's
     self-attention over the source, and the decoder's over its own output."""
@@ -313,9 +327,8 @@ def inspect_seq2seq(model, args, out: Path, summary: list[str]) -> list[Path]:
     from attnkit.generate.beam import translate_ids
     from attnkit.viz import inspect as nums
 
-    tok = model.tokenizer
     pad, bos, eos = special_ids(tok)
-    src = _encode(model, "seq2seq", args.prompt) + [eos]
+    src = _encode(model, tok, args.prompt) + [eos]
     if len(src) > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {len(src) - 1} tokens plus EOS but the model's context "
                            f"is {model.cfg.context_length} (shorten the prompt)")
@@ -338,7 +351,7 @@ def inspect_seq2seq(model, args, out: Path, summary: list[str]) -> list[Path]:
     written += _heatmaps(weights["decoder"], args, out, "decoder_attention",
                          "decoder self-attention", in_tokens, in_tokens, "key (decoder input)",
                          "query (decoder input)")
-    data = {"run": str(args.run), "family": "seq2seq", "prompt": args.prompt,
+    data = {"run": str(args.run), "family": model.cfg.family, "prompt": args.prompt,
             "translation": translation, "source_ids": src, "source_tokens": src_tokens,
             "output_ids": produced, "output_tokens": out_tokens, "decoder_input_tokens": in_tokens,
             "attention": {k: {"shape": list(w.shape), "weights": w.round(decimals=6).tolist()}
@@ -354,17 +367,17 @@ def inspect_seq2seq(model, args, out: Path, summary: list[str]) -> list[Path]:
     return written
 
 
-def inspect_embeddings(model, out: Path, summary: list[str]) -> list[Path]:
+def inspect_embeddings(model, tok, out: Path, summary: list[str]) -> list[Path]:
+    """The token table (``tok_emb``, which every family that does not translate has) on its
+    first two principal axes: a scatter PNG and its JSON."""
     from attnkit.viz import inspect as nums
     from attnkit.viz import plots
 
-    emb = getattr(model, "tok_emb", None)
-    if emb is None:
-        raise AttnkitError("this model has no single token embedding table to plot")
+    emb = model.tok_emb  # a translating model, with two tables, was refused by run()
     coords, explained = nums.embedding_pca(emb.weight, 2)
     if coords.shape[1] < 2:
         raise AttnkitError("the embedding table has fewer than 2 dimensions; nothing to plot")
-    labels = [nums.token_label(model.tokenizer, i) for i in range(coords.shape[0])]
+    labels = [nums.token_label(tok, i) for i in range(coords.shape[0])]
     png = plots.pca_scatter(coords, labels, explained, out / "embeddings_pca.png")
     path = out / "embeddings_pca.json"
     path.write_text(json.dumps({

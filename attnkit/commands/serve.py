@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnkit.commands import add_backend_argument
 from attnkit.errors import AttnkitError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -37,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16: the precision of the "
                    "weights while serving (see attnkit sample --help)")
+    add_backend_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
@@ -55,12 +57,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     except ImportError as e:
         raise AttnkitError(f"attnkit serve needs {e.name} (pip install fastapi uvicorn)") from None
     import attnkit
-    from attnkit.checkpoint import warn_slow_dtype
+    from attnkit.backends import accelerate
+    from attnkit.devices import warn_slow_dtype
 
-    model = attnkit.load(args.run, device=args.device, dtype=args.dtype)
-    warn_slow_dtype(model)
+    loaded = attnkit.load(args.run, device=args.device, dtype=args.dtype)
+    warn_slow_dtype(loaded.model)
+    accelerate(loaded.model, purpose="decode", backend=args.backend)
     name = args.name or Path(args.run).resolve().name
-    app = create_app(model, name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit)
+    app = create_app(loaded, name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit)
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this "
               f"address can use the model", file=sys.stderr)

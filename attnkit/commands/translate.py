@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnkit.commands import add_backend_argument
 from attnkit.errors import AttnkitError
 
 
@@ -40,28 +41,32 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="sources decoded together (default 64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_backend_argument(p)
 
 
-def load_seq2seq(run_dir: Path, device: str, command: str):
-    """``attnkit.load(run_dir)``, refusing runs of other families with the command to use."""
+def load_seq2seq(run_dir: Path, device: str, command: str, backend: str = "auto"):
+    """``attnkit.load(run_dir)`` (a :class:`~attnkit.Loaded` whose model is accelerated for
+    decoding by ``backend``), refusing models that do not translate with the command to use."""
     import attnkit
-    from attnkit.checkpoint import read_run_config
+    from attnkit.backends import accelerate
 
-    if not Path(run_dir).exists():  # a file in the way is named by read_run_config
+    if not Path(run_dir).exists():  # a file in the way is named by attnkit.load
         raise AttnkitError(f"run directory not found: {run_dir} (train one with `attnkit train "
                            f"seq2seq-reverse`)")
-    family = (read_run_config(run_dir).get("model") or {}).get("family", "decoder")
-    if family in ("decoder", "lstm"):
-        raise AttnkitError(f"{run_dir} is a {family} model; use attnkit sample (attnkit {command} "
-                           f"needs a seq2seq run)")
-    if family != "seq2seq":
+    run = attnkit.load(run_dir, device=device)
+    model = run.model
+    if not model.abilities.translates:
+        family = model.cfg.family  # named in the message, never branched on
+        if model.abilities.generates:
+            raise AttnkitError(f"{run_dir} is a {family} model; use attnkit sample (attnkit "
+                               f"{command} needs a seq2seq run)")
         raise AttnkitError(f"{run_dir} is an {family} model; attnkit {command} needs a seq2seq "
                            f"run (train one with `attnkit train seq2seq-reverse`)")
-    model = attnkit.load(run_dir, device=device)
-    if model.tokenizer is None:  # converted from a Hugging Face folder without one
+    if run.tokenizer is None:  # converted from a Hugging Face folder without one
         raise AttnkitError(f"{run_dir} has no tokenizer.json, so text cannot be encoded (add the "
                            f"model's tokenizer.json to the directory)")
-    return model
+    accelerate(model, purpose="decode", backend=backend)
+    return run
 
 
 def check_decoding_args(args: argparse.Namespace) -> None:
@@ -97,8 +102,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                            "with one source per line)")
     from attnkit.generate.beam import translate
 
-    model = load_seq2seq(args.run, args.device, "translate")
-    outputs = translate(model, texts, beam_size=args.beam, length_penalty=args.length_penalty,
+    run = load_seq2seq(args.run, args.device, "translate", args.backend)
+    outputs = translate(run.model, texts, tokenizer=run.tokenizer, token_ids=run.token_ids,
+                        beam_size=args.beam, length_penalty=args.length_penalty,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     for line in outputs:
         print(line)

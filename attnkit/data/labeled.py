@@ -9,7 +9,8 @@ Two file formats, chosen by suffix:
 
 Labels are names (strings; numbers are read as their text) mapped to ids in
 sorted order - numerically when every name is an integer - so the mapping does
-not depend on the order of the file. The run keeps it in ``labels.json``.
+not depend on the order of the file. The run keeps it in ``labels.json``
+(:func:`attnkit.runs.save_labels`).
 """
 
 from __future__ import annotations
@@ -138,29 +139,6 @@ def _is_int(s: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def save_labels(run_dir: str | Path, names: Sequence[str]) -> None:
-    """Write the label names, in id order, to ``run_dir/labels.json``."""
-    from attnkit.checkpoint import write_json
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(run_dir) / "labels.json", list(names))
-
-
-def read_labels(run_dir: str | Path) -> list[str]:
-    """The label names a classification run saved (id order)."""
-    path = Path(run_dir) / "labels.json"
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AttnkitError(f"{run_dir} has no labels.json (it is not a classification run, or "
-                           f"the file was removed)") from None
-    except ValueError:
-        raise AttnkitError(f"{path} is not valid JSON (the run directory is damaged)") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise AttnkitError(f"{path} must be a list of label names (the run directory is damaged)")
-    return names
 
 
 # --- texts -> encoder inputs -------------------------------------------------------------------

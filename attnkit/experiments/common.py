@@ -51,7 +51,7 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from attnkit.checkpoint import write_json as atomic
+    from attnkit.runs import write_json as atomic
 
     atomic(path, obj)
 
@@ -117,8 +117,8 @@ def standard_body(trainer, trial: Trial) -> dict[str, Any]:
 def run_trials(trials: list[Trial], out_dir: Path, log: Log, body: Body = standard_body
                ) -> list[dict[str, Any]]:
     """Run (or skip, or resume) every trial; returns their records in order."""
-    from attnkit.checkpoint import latest_checkpoint
     from attnkit.config import config_from_dict
+    from attnkit.runs import latest_checkpoint
     from attnkit.train import Trainer
 
     records = []

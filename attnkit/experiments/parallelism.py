@@ -116,7 +116,7 @@ def run(out_dir: Path, preset: str, log: Log, device: str = "auto") -> dict[str,
 
 
 def _auto_device() -> torch.device:
-    from attnkit.checkpoint import resolve_device
+    from attnkit.devices import resolve_device
 
     return resolve_device("auto")
 

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from attnkit.errors import AttnkitError
+from attnkit.generate.options import check_rules
 from attnkit.generate.sampling import history_rules, sample
+from attnkit.generate.steps import last_logits, require
+from attnkit.generate.stops import cut_at_stop, first_stop, need_tokenizer, stop_strings
 
 
 def _keep_last(cache, keep: torch.Tensor, n: int) -> torch.Tensor:
@@ -47,8 +50,7 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     ``done(i, ids)``, optional, says when row ``i`` may stop; generation ends when
     every row is done.
     """
-    from attnkit.generate import _check_rules
-
+    require(model, "generates", "generation")
     ctx = model.cfg.context_length
     if not prompts_ids:
         return []
@@ -58,7 +60,7 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     if longest > ctx:
         raise AttnkitError(f"the prompt is {longest} tokens but the model's context is "
                            f"{ctx} (shorten the prompt)")
-    _check_rules(min_p, repetition_penalty, no_repeat_ngram_size)
+    check_rules(min_p, repetition_penalty, no_repeat_ngram_size)
     rep_penalty = repetition_penalty
     was_training = model.training
     model.eval()
@@ -79,13 +81,10 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
     # needs ctx slots and is compacted when full, so a margin of ctx more slots makes that
     # once per ctx steps rather than every step.
     cache = model.new_cache(B, min(longest + max_new_tokens, 2 * ctx))
-    from attnkit.generate import last_only  # the package imports this module at its end
-
     try:
-        logits, _ = model(ids, cache=cache, positions=positions, key_padding_mask=keep,
-                          **last_only(model))
+        logits = last_logits(model, ids, cache, positions=positions, key_padding_mask=keep)
         for i in range(max_new_tokens):
-            last = history_rules(logits[:, -1].float(), history, rep_penalty, no_repeat_ngram_size)
+            last = history_rules(logits.float(), history, rep_penalty, no_repeat_ngram_size)
             step = [int(sample(last[b:b + 1], temperature=temperature, top_k=top_k, top_p=top_p,
                                min_p=min_p, generator=generators[b])[0]) for b in range(B)]
             for b, token in enumerate(step):
@@ -104,8 +103,8 @@ def generate_batch_ids(model: torch.nn.Module, prompts_ids: Sequence[Sequence[in
             # the new token's position in each row's window; a sliding or finished row's is
             # any valid one (its slot is overwritten or never read)
             positions = torch.tensor([[min(n, ctx - 1)] for n in filled], device=device)
-            logits, _ = model(torch.tensor(step, device=device)[:, None], cache=cache,
-                              positions=positions, key_padding_mask=keep)
+            logits = last_logits(model, torch.tensor(step, device=device)[:, None], cache,
+                                 positions=positions, key_padding_mask=keep)  # (B, V)
             filled = [n + 1 for n in filled]
             if slide:
                 logits = _refill(model, cache, keep, logits, slide,
@@ -122,20 +121,17 @@ def _refill(model: torch.nn.Module, cache, keep: torch.Tensor, logits: torch.Ten
     """Run ``windows`` (each ``ctx - 1`` ids) through ``model`` from an empty cache, as a
     lone row's slide does, and put their keys and values into the last slots of ``rows`` of
     ``cache`` (the slots before them masked out in ``keep``, in place); returns ``logits``
-    (B, 1, V) with those rows' replaced by the windows' last."""
-    from attnkit.generate import last_only
-
+    (B, V) with those rows' replaced by the windows' last."""
     W = len(windows[0])
     fresh = model.new_cache(len(rows), W)
-    out, _ = model(torch.tensor(windows, device=logits.device), cache=fresh,
-                   **last_only(model))  # (n, 1, V)
+    out = last_logits(model, torch.tensor(windows, device=logits.device), fresh)  # (n, V)
     at = torch.tensor(rows, device=logits.device)
     S = cache.length
     for mine, theirs in zip(cache.k + cache.v, fresh.k + fresh.v, strict=True):
         mine[at, :, S - W:S] = theirs[:, :, :W]
     keep[at, :S - W] = False
     logits = logits.clone()
-    logits[at, -1] = out[:, -1].to(logits.dtype)
+    logits[at] = out.to(logits.dtype)
     return logits
 
 
@@ -147,19 +143,12 @@ def generate_batch(model: torch.nn.Module, prompts: Sequence[str], max_new_token
     Keyword arguments as :func:`attnkit.generate.stream` (``details`` aside); with a ``seed``,
     row ``i`` samples with seed ``seed + i``. Each row stops at its first stop string.
     """
-    from attnkit.generate import _first_stop, _stops, _tokenizer
-
-    tokenizer = _tokenizer(model, tokenizer)
-    stops = _stops(stop)
+    tokenizer = need_tokenizer(tokenizer)
+    stops = stop_strings(stop)
     done = None
     if stops:
         def done(i: int, ids: list[int]) -> bool:
-            return _first_stop(tokenizer.decode(ids), stops) >= 0
+            return first_stop(tokenizer.decode(ids), stops) >= 0
     rows = generate_batch_ids(model, [tokenizer.encode(p) for p in prompts], max_new_tokens,
                               done=done, **kwargs)
-    texts = []
-    for ids in rows:
-        text = tokenizer.decode(ids)
-        at = _first_stop(text, stops)
-        texts.append(text if at < 0 else text[:at])
-    return texts
+    return [cut_at_stop(tokenizer.decode(ids), stops) for ids in rows]

@@ -29,7 +29,10 @@ import torch.nn.functional as F
 
 from attnkit.data.pairs import source_batch, special_ids
 from attnkit.errors import AttnkitError
+from attnkit.generate.options import check_rules
 from attnkit.generate.sampling import history_rules
+from attnkit.generate.steps import require
+from attnkit.generate.stops import cut_at_stop, first_stop, need_tokenizer, stop_strings
 
 
 @dataclass
@@ -114,9 +117,8 @@ def beam_search(model: torch.nn.Module, prompt_ids: list[int], *, beam_size: int
     ``cache=``), best first. Without ``eos_id`` or ``done`` every beam runs ``max_new_tokens``
     tokens. ``done(tokens)`` (the new tokens so far) ends a beam like an EOS but keeps its
     last token; the rules see the prompt and the beam's tokens, as in sampling."""
-    from attnkit.generate import _check_rules  # the package's own check, for its keywords
-
-    _check_rules(None, repetition_penalty, no_repeat_ngram_size)
+    require(model, "generates", "beam search")
+    check_rules(None, repetition_penalty, no_repeat_ngram_size)
     if not prompt_ids:
         raise AttnkitError("the prompt is empty after tokenization (give at least one character)")
     cfg = model.cfg
@@ -126,9 +128,6 @@ def beam_search(model: torch.nn.Module, prompt_ids: list[int], *, beam_size: int
     device = next(model.parameters()).device
     with _Eval(model):
         cache = model.new_cache(1, max_len=len(prompt_ids) + max_new_tokens)
-        if not hasattr(cache, "reorder"):
-            raise AttnkitError(f"beam search needs a cache that can follow beams; the "
-                               f"{getattr(cfg, 'family', 'model')} family's cannot (sample instead)")
         logits, _ = model(torch.tensor([prompt_ids], device=device), cache=cache)
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
@@ -148,14 +147,12 @@ def beam_generate(model: torch.nn.Module, prompt: str, max_new_tokens: int = 50,
     """The best beam's continuation of ``prompt`` as text: :func:`beam_search` with the
     tokenizer's ``eos`` (if it has one), ending a beam whose text contains a stop string
     and cutting the text before the first one, as :func:`attnkit.generate.stream` does."""
-    from attnkit.generate import _first_stop, _stops, _tokenizer
-
-    tokenizer = _tokenizer(model, tokenizer)
-    stops = _stops(stop)
+    tokenizer = need_tokenizer(tokenizer)
+    stops = stop_strings(stop)
     done = None
     if stops:
         def done(tokens: list[int]) -> bool:
-            return _first_stop(tokenizer.decode(tokens), stops) >= 0
+            return first_stop(tokenizer.decode(tokens), stops) >= 0
     eos = getattr(tokenizer, "special_tokens", {}).get("eos")
     prompt_ids = tokenizer.encode(prompt)
     if max_new_tokens == 0 and prompt_ids:  # nothing to search for, as when sampling
@@ -164,9 +161,7 @@ def beam_generate(model: torch.nn.Module, prompt: str, max_new_tokens: int = 50,
                        max_new_tokens=max_new_tokens, length_penalty=length_penalty, eos_id=eos,
                        repetition_penalty=repetition_penalty,
                        no_repeat_ngram_size=no_repeat_ngram_size, done=done)[0]
-    text = tokenizer.decode(best.tokens)
-    at = _first_stop(text, stops)
-    return text if at < 0 else text[:at]
+    return cut_at_stop(tokenizer.decode(best.tokens), stops)
 
 
 # --- the search itself ------------------------------------------------------------------------
@@ -284,16 +279,17 @@ def translate_ids(model: torch.nn.Module, sources: list[list[int]], *, pad_id: i
     return out
 
 
-def _decoding_ids(model: torch.nn.Module, tokenizer) -> tuple[int, int, int, int | None]:
+def decoding_ids(tokenizer, token_ids: dict[str, int | None] | None = None
+                 ) -> tuple[int, int, int, int | None]:
     """(pad, decoder start, eos, source bos) for :func:`translate`.
 
-    A converted BART run (``model.token_ids``, from its ``config.json``) uses its config's
+    A converted BART run (``token_ids``, ``Loaded.token_ids`` from its ``config.json``) uses its config's
     ids as ``generate`` does: decoding starts from ``decoder_start`` (BART's is EOS, not the
     tokenizer's ``<s>``), and each source is framed ``bos ... eos`` as BART's tokenizer frames
     it. An id the config leaves null falls back as in ``generate`` (``decoder_start`` to
     ``bos``), then to the tokenizer's. A run attnkit trained has no ``token_ids``: the
     tokenizer's pad/bos/eos, with no bos before the source (it was trained on text + EOS)."""
-    ids = getattr(model, "token_ids", None)
+    ids = token_ids
     if ids is None:
         pad_id, bos_id, eos_id = special_ids(tokenizer)
         return pad_id, bos_id, eos_id, None
@@ -310,15 +306,16 @@ def _decoding_ids(model: torch.nn.Module, tokenizer) -> tuple[int, int, int, int
     return pad_id, start_id, eos_id, first(ids.get("bos"), own.get("bos"))
 
 
-def translate(model: torch.nn.Module, texts: list[str], *, tokenizer=None, beam_size: int = 1,
+def translate(model: torch.nn.Module, texts: list[str], *, tokenizer=None,
+              token_ids: dict[str, int | None] | None = None, beam_size: int = 1,
               length_penalty: float = 0.6, max_new_tokens: int | None = None,
               batch_size: int = 64) -> list[str]:
-    """Translate each of ``texts`` with a trained encoder-decoder (``attnkit.load(run)``),
-    with the ids :func:`_decoding_ids` gives."""
-    tokenizer = tokenizer or getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise AttnkitError("no tokenizer: pass tokenizer=... or load the model with attnkit.load")
-    pad_id, bos_id, eos_id, src_bos = _decoding_ids(model, tokenizer)
+    """Translate each of ``texts`` with a trained encoder-decoder (``run = attnkit.load(path)``:
+    ``translate(run.model, texts, tokenizer=run.tokenizer, token_ids=run.token_ids)``), with
+    the ids :func:`decoding_ids` gives."""
+    require(model, "translates", "translation")
+    tokenizer = need_tokenizer(tokenizer)
+    pad_id, bos_id, eos_id, src_bos = decoding_ids(tokenizer, token_ids)
     sources = []
     for text in texts:
         try:

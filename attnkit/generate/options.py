@@ -107,3 +107,10 @@ def check_sampling(*, temperature: float | None = None, top_k: int | None = None
                  f"use a smaller {names('seed')}")
     if stop is not None and any(not s for s in stop):
         fail("stop", "must not be empty", None)
+
+
+def check_rules(min_p: float | None, repetition_penalty: float | None,
+                no_repeat_ngram_size: int | None) -> None:
+    """The checks of the history rules, named as ``attnkit.generate``'s keywords."""
+    check_sampling(min_p=min_p, repetition_penalty=repetition_penalty,
+                   no_repeat_ngram=no_repeat_ngram_size, names=PYTHON)

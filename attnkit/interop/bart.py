@@ -16,14 +16,15 @@ Hugging Face's ``"gelu"`` is the exact erf GELU (attnkit's ``gelu``), ``"gelu_ne
 form (``gelu_tanh``). BART's LayerNorms have PyTorch's default eps, 1e-5.
 
 The special ids come from the checkpoint's ``config.json`` (and ``generation_config.json``,
-which ``generate`` reads first), never from a tokenizer: ``model.token_ids`` holds pad, bos,
-eos, decoder_start, forced_bos and forced_eos, a converted run keeps them in
-``token_ids.json`` (:data:`TOKEN_IDS_FILE`), and export writes them back.
+which ``generate`` reads first), never from a tokenizer: the ``token_ids`` of the
+:class:`~attnkit.interop.loaded.Loaded` hold pad, bos, eos, decoder_start, forced_bos and
+forced_eos, a converted run keeps them in ``token_ids.json`` (:data:`TOKEN_IDS_FILE`), and
+export writes them back.
 
 ::
 
-    model = from_hf_bart("bart-folder/")   # Seq2Seq, eval mode, .tokenizer attached (or None)
-    to_hf_bart(model, "exported/")         # config.json, model.safetensors (+ tokenizer)
+    run = from_hf_bart("bart-folder/")   # a Loaded: run.model (a Seq2Seq), run.token_ids
+    to_hf_bart(run, "exported/")         # config.json, model.safetensors (+ tokenizer)
 
 Like the rest of :mod:`attnkit.interop`, only JSON and safetensors are read.
 """
@@ -38,13 +39,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from attnkit.checkpoint import model_state, write_json
 from attnkit.config import DataConfig, RunConfig, Seq2SeqConfig
+from attnkit.devices import resolve_device
 from attnkit.errors import AttnkitError
 from attnkit.interop.decoder import ConfigReader
-from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config
+from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config, tokenizer_config
 from attnkit.interop.keymap import KeyMap, MissingTensor, Shapes, entry, export_tensors, import_tensors
+from attnkit.interop.loaded import Loaded, unpack
+from attnkit.models.seq2seq import Seq2Seq
 from attnkit.nn.ffn import ffn_hidden_size
+from attnkit.runs import write_json
+from attnkit.weights import model_state
 
 #: Rows of BART's position tables before position 0.
 POSITION_OFFSET = 2
@@ -61,7 +66,7 @@ TOKEN_KEYS = {"pad": "pad_token_id", "bos": "bos_token_id", "eos": "eos_token_id
 GENERATION_KEYS = {"decoder_start": "decoder_start_token_id", "forced_bos": "forced_bos_token_id",
                    "forced_eos": "forced_eos_token_id"}
 ID_KEYS = {**TOKEN_KEYS, **GENERATION_KEYS}
-#: Where a converted run keeps ``model.token_ids`` (JSON: name -> id or null).
+#: Where a converted run keeps its token ids (JSON: name -> id or null).
 TOKEN_IDS_FILE = "token_ids.json"
 
 
@@ -246,16 +251,13 @@ def seq2seq_config_out(cfg: Seq2SeqConfig, token_ids: dict[str, int | None] | No
 
 
 # --- import --------------------------------------------------------------------------------------
-def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
+def from_hf_bart(path: str | Path, device: str = "cpu") -> Loaded:
     """Import a Hugging Face BART folder as a :class:`~attnkit.models.Seq2Seq` in eval mode.
 
-    Attached as :func:`attnkit.load` does: ``model.tokenizer`` (the folder's
-    ``tokenizer.json``; None without one) and ``model.run_config``; and ``model.token_ids``,
-    the folder's pad/bos/eos/decoder_start ids (decode from ``decoder_start``).
+    The :class:`Loaded` holds, as :func:`attnkit.load` gives them: the folder's
+    ``tokenizer.json`` (None without one), the run config, and ``token_ids``, the folder's
+    pad/bos/eos/decoder_start ids (decode from ``decoder_start``).
     """
-    from attnkit.checkpoint import resolve_device
-    from attnkit.models.seq2seq import Seq2Seq
-
     folder = Path(path)
     data = read_hf_config(folder)
     cfg = seq2seq_config_in(ConfigReader(data, folder / "config.json"))
@@ -313,11 +315,10 @@ def from_hf_bart(path: str | Path, device: str = "cpu") -> nn.Module:
                            f"attnkit bug)")
     model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False)
     model.to(resolve_device(device)).eval()
-    tokenizer = folder_tokenizer(folder)
-    model.tokenizer = tokenizer
-    model.token_ids = token_ids_in(data, _generation_config(folder), folder / "config.json")
-    model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve())))
-    return model
+    token_ids = token_ids_in(data, _generation_config(folder), folder / "config.json")
+    return Loaded(model, folder_tokenizer(folder),
+                  RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve()))),
+                  token_ids=token_ids, source=folder)
 
 
 def _generation_config(folder: Path) -> dict[str, Any] | None:
@@ -360,25 +361,25 @@ def hf_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: t.detach().contiguous().cpu() for k, t in out.items()}
 
 
-def to_hf_bart(model: nn.Module, path: str | Path, tokenizer=None) -> str:
-    """Write ``model`` (a :class:`~attnkit.models.Seq2Seq` with ``pos=learned``,
-    ``embedding_norm=True``, post-LN, biases and ``share_embeddings``) as a Hugging Face BART
-    folder that ``BartForConditionalGeneration.from_pretrained`` loads; returns the class.
+def to_hf_bart(run: Loaded | nn.Module, path: str | Path, tokenizer=None,
+               token_ids: dict[str, int | None] | None = None) -> str:
+    """Write ``run`` (a :class:`Loaded` of a :class:`~attnkit.models.Seq2Seq` with
+    ``pos=learned``, ``embedding_norm=True``, post-LN, biases and ``share_embeddings``, or the
+    bare model) as a Hugging Face BART folder that
+    ``BartForConditionalGeneration.from_pretrained`` loads; returns the class.
 
-    The token ids in ``config.json`` come from ``model.token_ids`` (set by
-    :func:`from_hf_bart`), else from the tokenizer's specials (decoder start = bos). The
+    The token ids in ``config.json`` come from ``token_ids``, else the Loaded's (those
+    :func:`from_hf_bart` read), else from the tokenizer's specials (decoder start = bos). The
     folder (which must not exist or be empty) gets ``config.json``, ``model.safetensors`` and,
     for a Hugging Face tokenizer, ``tokenizer.json`` and ``tokenizer_config.json``.
     """
-    from attnkit.interop import _tokenizer_config
     from attnkit.tokenizers.hf import HFBackedTokenizer
 
+    model, tokenizer, _, ids = unpack(run, tokenizer, token_ids=token_ids)
     cfg = model.cfg
     if getattr(cfg, "family", None) != "seq2seq":
         raise AttnkitError(f"cannot export a {getattr(cfg, 'family', 'decoder')} model as BART "
                            f"(BART is an encoder-decoder)")
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    ids = getattr(model, "token_ids", None)
     if ids is None:
         ids = {k: v for k, v in (getattr(tokenizer, "special_tokens", None) or {}).items()
                if k in TOKEN_KEYS and v < cfg.vocab_size}
@@ -389,5 +390,5 @@ def to_hf_bart(model: nn.Module, path: str | Path, tokenizer=None) -> str:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if isinstance(tokenizer, HFBackedTokenizer):
             tokenizer.save(tmp / "tokenizer.json")
-            write_json(tmp / "tokenizer_config.json", _tokenizer_config(tokenizer, cfg))
+            write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer, cfg))
     return CLASSES[0]

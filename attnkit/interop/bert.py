@@ -15,8 +15,8 @@ Four Hugging Face classes are understood:
 
 ::
 
-    model = from_hf_bert("all-MiniLM-L6-v2/")   # Encoder, eval mode, .tokenizer attached
-    to_hf_bert(model, "exported/")               # config.json, model.safetensors (+ tokenizer)
+    run = from_hf_bert("all-MiniLM-L6-v2/")   # a Loaded: run.model (an Encoder), run.tokenizer
+    to_hf_bert(run, "exported/")               # config.json, model.safetensors (+ tokenizer)
 
 Like the rest of :mod:`attnkit.interop`, only JSON and safetensors are read.
 """
@@ -30,12 +30,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from attnkit.checkpoint import model_state, write_json
 from attnkit.config import DataConfig, EncoderConfig, RunConfig
+from attnkit.devices import resolve_device
 from attnkit.errors import AttnkitError
 from attnkit.interop.decoder import ConfigReader
-from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config
+from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config, tokenizer_config
 from attnkit.interop.keymap import KeyMap, MissingTensor, Shapes, entry, export_tensors, import_tensors
+from attnkit.interop.loaded import Loaded, unpack
+from attnkit.models.encoder import Encoder
+from attnkit.runs import write_json
+from attnkit.weights import model_state
 
 
 def _linear(ours: str, theirs: str) -> tuple:
@@ -173,16 +177,13 @@ def encoder_config_out(cfg: EncoderConfig, head: str = "base", labels: list[str]
 
 
 # --- import --------------------------------------------------------------------------------------
-def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
+def from_hf_bert(path: str | Path, device: str = "cpu") -> Loaded:
     """Import a Hugging Face BERT folder as an :class:`~attnkit.models.Encoder` in eval mode.
 
-    Attached as :func:`attnkit.load` does: ``model.tokenizer`` (the folder's
-    ``tokenizer.json``, kind ``hf``; None without one) and ``model.run_config``; and
-    ``model.labels``, the class names of a classifier (``id2label``).
+    The :class:`Loaded` holds, as :func:`attnkit.load` gives them: the folder's
+    ``tokenizer.json`` (kind ``hf``; None without one), the run config, and ``labels``, the
+    class names of a classifier (``id2label``; None for other heads).
     """
-    from attnkit.checkpoint import resolve_device
-    from attnkit.models.encoder import Encoder
-
     folder = Path(path)
     data = read_hf_config(folder)
     cfg = encoder_config_in(ConfigReader(data, folder / "config.json"))
@@ -211,12 +212,11 @@ def from_hf_bert(path: str | Path, device: str = "cpu") -> nn.Module:
         weights.check_shapes(tensors, expected, sources)
     model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False)
     model.to(resolve_device(device)).eval()
-    tokenizer = folder_tokenizer(folder)
-    model.tokenizer = tokenizer
-    model.run_config = RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve())))
     id2label = data.get("id2label") or {}
-    model.labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(cfg.n_labels)]
-    return model
+    labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(cfg.n_labels)] or None
+    return Loaded(model, folder_tokenizer(folder),
+                  RunConfig(model=cfg, data=DataConfig(tokenizer=str(folder.resolve()))),
+                  labels=labels, source=folder)
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -241,19 +241,22 @@ def hf_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf_bert(model: nn.Module, path: str | Path, head: str | None = None,
-               tokenizer=None) -> str:
-    """Write ``model`` (an :class:`~attnkit.models.Encoder`) as a Hugging Face BERT folder
-    that ``transformers``' ``from_pretrained`` loads; returns the class written.
+def to_hf_bert(run: Loaded | nn.Module, path: str | Path, head: str | None = None,
+               tokenizer=None, labels: list[str] | None = None) -> str:
+    """Write ``run`` (a :class:`Loaded` of an :class:`~attnkit.models.Encoder`, or the bare
+    model) as a Hugging Face BERT folder that ``transformers``' ``from_pretrained`` loads;
+    returns the class written.
 
     ``head``: ``base`` (``BertModel``), ``mlm`` (``BertForMaskedLM``) or ``classify``
     (``BertForSequenceClassification``); by default the classifier if the model has one,
     else the MLM head if it has one, else the base. The folder (which must not exist or be
     empty) gets ``config.json``, ``model.safetensors`` and, for a Hugging Face tokenizer
-    (``tokenizer`` or ``model.tokenizer``), ``tokenizer.json`` and ``tokenizer_config.json``.
+    (``tokenizer``, else the Loaded's), ``tokenizer.json`` and ``tokenizer_config.json``.
+    A classifier's ``id2label`` is ``labels``, else the Loaded's, else ``LABEL_i``.
     """
     from attnkit.tokenizers.hf import HFBackedTokenizer
 
+    model, tokenizer, labels, _ = unpack(run, tokenizer, labels)
     cfg = model.cfg
     head = head or _default_head(cfg)
     if head not in HEADS:
@@ -266,20 +269,17 @@ def to_hf_bert(model: nn.Module, path: str | Path, head: str | None = None,
         raise AttnkitError("a mean-pooling classifier has no BertForSequenceClassification "
                            "equivalent (train with --model.pooling=cls, or export head 'base' "
                            "or 'mlm' without the classifier)")
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     specials = {k: v for k, v in (getattr(tokenizer, "special_tokens", None) or {}).items()
                 if v < cfg.vocab_size}
-    config = encoder_config_out(cfg, head, getattr(model, "labels", None) or None, specials)
+    config = encoder_config_out(cfg, head, labels or None, specials)
     tensors = hf_tensors(model, head)
     with atomic_dir(Path(path)) as tmp:
         write_json(tmp / "config.json", config)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if isinstance(tokenizer, HFBackedTokenizer):
-            from attnkit.interop import _tokenizer_config
-
             tokenizer = with_bert_framing(tokenizer)
             tokenizer.save(tmp / "tokenizer.json")
-            write_json(tmp / "tokenizer_config.json", _tokenizer_config(tokenizer, cfg))
+            write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer, cfg))
     return HEADS[head]
 
 

@@ -181,6 +181,16 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         raise
 
 
+def tokenizer_config(tokenizer, cfg) -> dict:
+    """What ``AutoTokenizer`` needs beside ``tokenizer.json`` (``tokenizer`` a Hugging Face
+    backed one, ``cfg`` the model's config): the class and the special tokens."""
+    out: dict = {"tokenizer_class": "PreTrainedTokenizerFast",
+                 "model_max_length": cfg.context_length}
+    for name, i in tokenizer.special_tokens.items():
+        out[f"{name}_token"] = tokenizer.hf_tokenizer.id_to_token(i)
+    return out
+
+
 def folder_tokenizer(folder: Path):
     """The tokenizer of a Hugging Face model folder (its ``tokenizer.json``), or None."""
     from attnkit.tokenizers import load_tokenizer

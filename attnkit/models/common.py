@@ -72,3 +72,13 @@ def scale_residual_projections(stack: nn.Module, std: float, depth: int) -> None
     for name, p in stack.named_parameters():
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * depth))
+
+
+def describe(model: nn.Module, layers: str) -> str:
+    """The one line the trainer prints for a Transformer: size, family and the knobs that
+    matter; ``layers`` says how many (``"6 layers"``, ``"2+2 layers"``)."""
+    cfg = model.cfg
+    kv = f" ({cfg.n_kv_heads} kv)" if cfg.n_kv_heads != cfg.n_heads else ""
+    return (f"{model.num_params() / 1e6:.2f}M parameters | {cfg.family}, {layers}, d_model "
+            f"{cfg.d_model}, {cfg.n_heads} heads{kv}, context {cfg.context_length} | pos "
+            f"{cfg.pos}, {cfg.norm_position}-{cfg.norm}, ffn {cfg.ffn}")

@@ -4,7 +4,12 @@ Every architectural choice in :class:`~attnkit.config.ModelConfig` is a name
 looked up in a table beside the classes that implement it, so the model reads
 top to bottom the same way whatever the knobs.
 
-Contract shared by every family: ``logits, loss = model(input_ids, targets=None)``.
+Contract shared by every family (:mod:`attnkit.models.contract`):
+``logits, loss = model(input_ids, targets=None)``; a decoder generates
+(``abilities.generates``): ``hidden(ids, cache=...)`` then ``lm_head``.
+
+Plain PyTorch throughout; the CPU speed-ups are applied afterwards by
+:func:`attnkit.backends.accelerate`.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import ModelConfig
 from attnkit.models.common import (
+    describe,
     init_weights,
     make_additive_positions,
     make_blocks,
@@ -24,12 +29,15 @@ from attnkit.models.common import (
     make_rope,
     scale_residual_projections,
 )
+from attnkit.models.contract import Abilities
 from attnkit.nn import KVCache, OutputHead
-from attnkit.nn.loss import linear_cross_entropy
+from attnkit.nn.kv_cache import StaticKVCache
 from attnkit.nn.positional import LearnedPositional
 
 
 class Decoder(nn.Module):
+    abilities = Abilities(generates=True, compiles=True, attention_maps=True)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size < 1:
@@ -51,48 +59,36 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None, return_logits: bool = True,
-                last_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                key_padding_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``input_ids`` (B, T) -> logits (B, T, V) and, with ``targets`` (B, T), the mean
-        cross-entropy (positions whose target is -100 are ignored).
+        cross-entropy (positions whose target is -100 are ignored). ``cache``, ``positions``
+        and ``key_padding_mask`` as in :meth:`hidden_states`."""
+        x = self.hidden(input_ids, cache=cache, positions=positions,
+                        key_padding_mask=key_padding_mask)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x), None  # (B, T, V)
+        return self.lm_head.logits_and_loss(x, targets)
 
-        ``return_logits=False`` with ``targets`` returns ``(None, loss)``; on a CPU (fp32
-        weights, with or without bf16 autocast) the output layer and the loss are then fused
-        chunk by chunk (:mod:`attnkit.nn.loss`), so the (B, T, V) logits are never built. The
-        trainer asks for this.
-
-        With a ``cache``, ``input_ids`` are the tokens that follow the cached
-        ones; the cache grows by T. ``last_only=True`` (no targets) returns the logits of the
-        last position alone, (B, 1, V): all a generation step needs, and for a long prompt the
-        output layer is most of the work of the other positions.
-
-        For batches of left-padded sequences: ``positions`` (B, T) are each row's
-        token positions (0 at its first real token; default cache.length + 0 .. T - 1 for
-        every row) and ``key_padding_mask`` (B, S), S = cached + T, is True at real tokens.
-        """
-        x, _ = self.hidden_states(input_ids, cache=cache, positions=positions,
-                                  key_padding_mask=key_padding_mask)
-        if targets is not None and not return_logits and x.device.type == "cpu" \
-                and self.lm_head.weight.dtype == torch.float32:
-            low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight,
-                                              targets.flatten(), compute_dtype=low)
-        if last_only and targets is None:
-            x = x[:, -1:]
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                   ignore_index=-100)
-        return (logits if return_logits else None), loss
+    def hidden(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
+               positions: torch.Tensor | None = None,
+               key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, C), before the output layer; see :meth:`hidden_states`."""
+        return self.hidden_states(input_ids, cache=cache, positions=positions,
+                                  key_padding_mask=key_padding_mask)[0]
 
     def hidden_states(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
                       need_weights: bool = False, positions: torch.Tensor | None = None,
                       key_padding_mask: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The final hidden states (B, T, C), and with ``need_weights`` the attention weights
-        of every layer, each (B, nh, T, S), computed on the eager path. ``positions`` and
-        ``key_padding_mask`` as in :meth:`forward`."""
+        of every layer, each (B, nh, T, S), computed on the eager path.
+
+        With a ``cache``, ``input_ids`` are the tokens that follow the cached ones; the cache
+        grows by T. For batches of left-padded sequences: ``positions`` (B, T) are each row's
+        token positions (0 at its first real token; default cache.length + 0 .. T - 1 for
+        every row) and ``key_padding_mask`` (B, S), S = cached + T, is True at real tokens.
+        """
         B, T = input_ids.shape
         if self.pos_emb is not None and self.cfg.pos == "learned" and \
                 not (cache is not None and cache.static):  # a static cache is sized to fit
@@ -114,8 +110,7 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, w = block(x, cache=cache, layer=i, need_weights=need_weights,
                          key_padding_mask=key_padding_mask, positions=positions)
-            if w is not None:
-                weights.append(w)
+            weights += w
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x), weights
@@ -125,11 +120,16 @@ class Decoder(nn.Module):
         """Attention weights of every layer, (B, nh, T, T) each, whatever the training back-end."""
         return self.hidden_states(input_ids, need_weights=True)[1]
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty KV cache on the model's device and dtype."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False
+                  ) -> KVCache:
+        """An empty KV cache on the model's device and dtype for up to ``max_len`` tokens
+        (default ``context_length``); ``static``: a :class:`StaticKVCache` of the whole
+        context, for a compiled decode step."""
         p = self.tok_emb.weight
-        return KVCache(self.cfg.n_layers, batch_size, self.cfg.n_kv_heads, self.cfg.head_size,
-                       max_len or self.cfg.context_length, device=p.device, dtype=p.dtype)
+        cache = StaticKVCache if static else KVCache
+        return cache(self.cfg.n_layers, batch_size, self.cfg.n_kv_heads, self.cfg.head_size,
+                     self.cfg.context_length if static else max_len or self.cfg.context_length,
+                     device=p.device, dtype=p.dtype)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; tied weights once, learned position table excluded if asked."""
@@ -137,3 +137,6 @@ class Decoder(nn.Module):
         if non_embedding and isinstance(self.pos_emb, LearnedPositional):
             n -= self.pos_emb.weight.numel()
         return n
+
+    def describe(self) -> str:
+        return describe(self, f"{self.cfg.n_layers} layers")

@@ -26,13 +26,15 @@ from torch import nn
 from attnkit.config import EncoderConfig
 from attnkit.models.common import (
     ADDITIVE_POSITIONS,
+    describe,
     init_weights,
     make_blocks,
     make_final_norm,
     make_rope,
 )
+from attnkit.models.contract import Abilities
 from attnkit.nn import FFNS, NORMS
-from attnkit.nn.ffn import _ACTIVATIONS as ACTIVATIONS
+from attnkit.nn.ffn import ACTIVATIONS
 from attnkit.nn.positional import LearnedPositional
 
 
@@ -59,6 +61,8 @@ class Encoder(nn.Module):
         if cfg.vocab_size < 1:
             raise ValueError("EncoderConfig.vocab_size must be set before building a model")
         self.cfg = cfg
+        self.abilities = Abilities(embeds=True, attention_maps=True, masked_lm=cfg.mlm_head,
+                                   classifies=cfg.n_labels > 0)
         norm = NORMS[cfg.norm]
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         pos_cls = ADDITIVE_POSITIONS.get(cfg.pos)
@@ -110,8 +114,7 @@ class Encoder(nn.Module):
         weights = []
         for block in self.blocks:
             x, w = block(x, key_padding_mask=keep, need_weights=need_weights)
-            if w is not None:
-                weights.append(w)
+            weights += w
         return self.final_norm(x), weights
 
     # --- heads -------------------------------------------------------------------------------
@@ -180,6 +183,9 @@ class Encoder(nn.Module):
         if non_embedding and isinstance(self.pos_emb, LearnedPositional):
             n -= self.pos_emb.weight.numel()
         return n
+
+    def describe(self) -> str:
+        return describe(self, f"{self.cfg.n_layers} layers")
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -11,10 +11,10 @@ the bottleneck self-attention removes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnkit.config import LSTMConfig
+from attnkit.models.contract import Abilities
 from attnkit.nn import OutputHead
 
 
@@ -31,8 +31,15 @@ class LSTMState:
     def reset(self) -> None:
         self.state, self.length = None, 0
 
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (beam search): h and c are (n_layers, B, C)."""
+        if self.state is not None:
+            self.state = tuple(s.index_select(1, indices) for s in self.state)
+
 
 class LSTMLanguageModel(nn.Module):
+    abilities = Abilities(generates=True)
+
     def __init__(self, cfg: LSTMConfig) -> None:
         super().__init__()
         if cfg.vocab_size < 1:
@@ -50,22 +57,30 @@ class LSTMLanguageModel(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: LSTMState | None = None, last_only: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``input_ids`` (B, T) -> logits (B, T, V), and the mean cross-entropy with ``targets``;
-        ``last_only=True`` (no targets): the last position's logits alone, (B, 1, V)."""
+                cache: LSTMState | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``input_ids`` (B, T) -> logits (B, T, V), and the mean cross-entropy with ``targets``
+        (positions whose target is -100 are ignored)."""
+        x = self.hidden(input_ids, cache=cache)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x), None  # (B, T, V)
+        return self.lm_head.logits_and_loss(x, targets)
+
+    def hidden(self, input_ids: torch.Tensor, *, cache: LSTMState | None = None,
+               positions: torch.Tensor | None = None,
+               key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's outputs (B, T, C), before the output layer. With a ``cache``, the
+        recurrent state carries over from the previous call. An LSTM reads its input left to
+        right, so it takes no ``positions`` and cannot skip left padding."""
+        if key_padding_mask is not None and not bool(key_padding_mask.all()):
+            raise ValueError("an LSTM cannot skip padding: decode the prompts one at a time")
+        del positions  # a recurrence counts positions by itself
         x = self.drop(self.tok_emb(input_ids))  # (B, T, C)
         out, state = self.lstm(x, cache.state if cache is not None else None)  # (B, T, C)
         if cache is not None:
             cache.state = state
             cache.advance(input_ids.shape[1])
-        if last_only and targets is None:
-            out = out[:, -1:]
-        logits = self.lm_head(self.drop(out))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        return self.drop(out)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> LSTMState:
         del batch_size, max_len  # the state is created on the first call
@@ -74,3 +89,7 @@ class LSTMLanguageModel(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         del non_embedding
         return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        return (f"{self.num_params() / 1e6:.2f}M parameters | LSTM, {self.cfg.n_layers} layers, "
+                f"d_model {self.cfg.d_model}")

@@ -33,6 +33,7 @@ from torch import nn
 from attnkit.config import Seq2SeqConfig
 from attnkit.models.common import (
     ADDITIVE_POSITIONS,
+    describe,
     init_weights,
     make_ffn,
     make_rope,
@@ -40,70 +41,15 @@ from attnkit.models.common import (
     scale_residual_projections,
 )
 from attnkit.models.common import make_norm as make_norm_for
-from attnkit.nn import Attention, OutputHead
+from attnkit.models.contract import Abilities
+from attnkit.nn import Attention, Block, OutputHead
 from attnkit.nn.cross_attention import CrossAttention, EncoderDecoderCache
 from attnkit.nn.positional import LearnedPositional
 
 
-def residual(x: torch.Tensor, sublayer, norm: nn.Module, pre: bool, drop: nn.Module
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One residual branch: pre-LN ``x + f(norm(x))`` or post-LN ``norm(x + f(x))`` (the
-    paper's ``LayerNorm(x + Sublayer(x))``). ``sublayer`` returns (output, weights)."""
-    if pre:
-        out, weights = sublayer(norm(x))
-        return x + drop(out), weights
-    out, weights = sublayer(x)
-    return norm(x + drop(out)), weights
-
-
-class EncoderLayer(nn.Module):
-    """Bidirectional self-attention, then the feed-forward network."""
-
-    def __init__(self, attn: Attention, ffn: nn.Module, attn_norm: nn.Module, ffn_norm: nn.Module,
-                 norm_position: str, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attn, self.ffn, self.attn_norm, self.ffn_norm = attn, ffn, attn_norm, ffn_norm
-        self.pre = norm_position == "pre"
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, S, C) -> (B, S, C); ``keep`` (B, S) is True for real tokens."""
-        x, w = residual(x, lambda h: self.attn(h, key_padding_mask=keep, need_weights=need_weights),
-                        self.attn_norm, self.pre, self.drop)
-        x, _ = residual(x, lambda h: (self.ffn(h), None), self.ffn_norm, self.pre, self.drop)
-        return x, w
-
-
-class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention over the memory, then the feed-forward network."""
-
-    def __init__(self, attn: Attention, cross_attn: CrossAttention, ffn: nn.Module,
-                 attn_norm: nn.Module, cross_norm: nn.Module, ffn_norm: nn.Module,
-                 norm_position: str, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attn, self.cross_attn, self.ffn = attn, cross_attn, ffn
-        self.attn_norm, self.cross_norm, self.ffn_norm = attn_norm, cross_norm, ffn_norm
-        self.pre = norm_position == "pre"
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, memory_mask: torch.Tensor | None,
-                *, cache: EncoderDecoderCache | None = None, layer: int = 0,
-                need_weights: bool = False
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """(B, T, C) -> ((B, T, C), (self-attention weights, cross-attention weights))."""
-        x, w_self = residual(x, lambda h: self.attn(h, cache=cache, layer=layer,
-                                                    need_weights=need_weights),
-                             self.attn_norm, self.pre, self.drop)
-        x, w_cross = residual(x, lambda h: self.cross_attn(h, memory, key_padding_mask=memory_mask,
-                                                           cache=cache, layer=layer,
-                                                           need_weights=need_weights),
-                              self.cross_norm, self.pre, self.drop)
-        x, _ = residual(x, lambda h: (self.ffn(h), None), self.ffn_norm, self.pre, self.drop)
-        return x, (w_self, w_cross)
-
-
 class Seq2Seq(nn.Module):
+    abilities = Abilities(translates=True)  # its attention maps pair a source and a target
+
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         if cfg.vocab_size < 1:
@@ -130,16 +76,17 @@ class Seq2Seq(nn.Module):
         def self_attn(causal: bool) -> Attention:
             return make_self_attention(cfg, causal, rope)
 
+        # The same Block as every family; a decoder layer adds cross-attention over the memory.
         self.encoder = nn.ModuleList(
-            EncoderLayer(self_attn(causal=False), make_ffn(cfg),
-                         make_norm(), make_norm(), cfg.norm_position, cfg.dropout)
+            Block(self_attn(causal=False), make_ffn(cfg), make_norm(), make_norm(),
+                  cfg.norm_position, cfg.dropout)
             for _ in range(cfg.n_encoder_layers))
         self.decoder = nn.ModuleList(
-            DecoderLayer(self_attn(causal=True),
-                         CrossAttention(C, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
-                                        dropout=cfg.dropout, backend=cfg.attention),
-                         make_ffn(cfg),
-                         make_norm(), make_norm(), make_norm(), cfg.norm_position, cfg.dropout)
+            Block(self_attn(causal=True), make_ffn(cfg), make_norm(), make_norm(),
+                  cfg.norm_position, cfg.dropout,
+                  cross_attn=CrossAttention(C, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias,
+                                            dropout=cfg.dropout, backend=cfg.attention),
+                  cross_norm=make_norm())
             for _ in range(cfg.n_decoder_layers))
         # Post-LN already ends every layer with a norm; pre-LN needs one after each stack.
         pre = cfg.norm_position == "pre"
@@ -180,10 +127,9 @@ class Seq2Seq(nn.Module):
         x = self._embed(src_ids, self.src_emb, self.src_pos, self.src_emb_norm)
         keep = None if src_mask is None else src_mask.bool()  # (B, S)
         weights = []
-        for layer in self.encoder:
-            x, w = layer(x, keep, need_weights=need_weights)
-            if w is not None:
-                weights.append(w)
+        for block in self.encoder:
+            x, w = block(x, key_padding_mask=keep, need_weights=need_weights)
+            weights += w
         return self.encoder_norm(x), weights
 
     def decode(self, input_ids: torch.Tensor, memory: torch.Tensor | None,
@@ -210,11 +156,12 @@ class Seq2Seq(nn.Module):
                 cache.memory_mask = keep
         x = self._embed(input_ids, self.tgt_emb, self.tgt_pos, self.tgt_emb_norm, start)
         self_w, cross_w = [], []
-        for i, layer in enumerate(self.decoder):
-            x, (ws, wc) = layer(x, memory, keep, cache=cache, layer=i, need_weights=need_weights)
-            if ws is not None:
-                self_w.append(ws)
-                cross_w.append(wc)
+        for i, block in enumerate(self.decoder):
+            x, w = block(x, cache=cache, layer=i, need_weights=need_weights, memory=memory,
+                         memory_mask=keep)
+            if w:  # [self, cross] with need_weights
+                self_w.append(w[0])
+                cross_w.append(w[1])
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.decoder_norm(x), (self_w, cross_w)
@@ -265,3 +212,6 @@ class Seq2Seq(nn.Module):
         if non_embedding and isinstance(self.src_pos, LearnedPositional):
             n -= self.src_pos.weight.numel() + self.tgt_pos.weight.numel()
         return n
+
+    def describe(self) -> str:
+        return describe(self, f"{self.cfg.n_encoder_layers}+{self.cfg.n_decoder_layers} layers")

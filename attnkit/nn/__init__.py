@@ -2,10 +2,9 @@
 
 from attnkit.nn.attention import Attention
 from attnkit.nn.block import Block
-from attnkit.nn.ffn import FFNS, GLU, MLP, build_ffn, ffn_hidden_size
+from attnkit.nn.ffn import ACTIVATIONS, FFNS, GLU, MLP, build_ffn, ffn_hidden_size
 from attnkit.nn.head import OutputHead
 from attnkit.nn.kv_cache import KVCache
-from attnkit.nn.linear import Linear
 from attnkit.nn.norms import NORMS, LayerNorm, RMSNorm
 from attnkit.nn.positional import (
     POSITIONS,
@@ -16,8 +15,8 @@ from attnkit.nn.positional import (
 )
 
 __all__ = [
-    "Attention", "Block", "FFNS", "GLU", "MLP", "build_ffn", "ffn_hidden_size", "KVCache",
-    "Linear", "OutputHead",
+    "ACTIVATIONS", "Attention", "Block", "FFNS", "GLU", "MLP", "build_ffn", "ffn_hidden_size", "KVCache",
+    "OutputHead",
     "NORMS", "LayerNorm", "RMSNorm", "POSITIONS", "LearnedPositional", "RotaryEmbedding",
     "SinusoidalPositional", "alibi_slopes",
 ]

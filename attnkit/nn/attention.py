@@ -5,11 +5,12 @@ fewer key/value heads, each shared by ``n_heads // n_kv_heads`` query heads, is
 grouped-query attention (Ainslie et al., 2023); one is multi-query attention
 (Shazeer, 2019).
 
-Two back-ends compute the same function: ``sdpa`` calls PyTorch's fused
+Two ways compute the same function: ``sdpa`` calls PyTorch's fused
 ``scaled_dot_product_attention``; ``eager`` spells out softmax(QK^T/sqrt(d))V
-and can return the attention weights for inspection. Under ``sdpa``, plain causal
-attention in fp32 on a CPU over 512+ positions takes ``attnkit.nn.causal`` instead,
-the same function with faster products there.
+and can return the attention weights for inspection.
+
+Two small methods are the places a back-end (:mod:`attnkit.backends`) may compute faster:
+:meth:`Attention.project` (x -> q, k, v) and :meth:`Attention.attend` (the fused product).
 """
 
 import math
@@ -18,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.nn import causal
 from attnkit.nn.kv_cache import KVCache
-from attnkit.nn.linear import Linear, onednn_linear, pack
 from attnkit.nn.positional import RotaryEmbedding, alibi_bias, alibi_slopes
 
 
@@ -33,10 +32,10 @@ class Attention(nn.Module):
         self.head_size = d_model // n_heads
         self.causal, self.dropout, self.backend = causal, dropout, backend
         self.rope = rope
-        self.q_proj = Linear(d_model, n_heads * self.head_size, bias=bias)
-        self.k_proj = Linear(d_model, n_kv_heads * self.head_size, bias=bias)
-        self.v_proj = Linear(d_model, n_kv_heads * self.head_size, bias=bias)
-        self.o_proj = Linear(n_heads * self.head_size, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_size, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_size, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_size, d_model, bias=bias)
         if alibi:
             self.register_buffer("alibi_slopes", alibi_slopes(n_heads), persistent=False)
         else:
@@ -60,7 +59,7 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         static = cache is not None and cache.static
-        q, k, v = self._project(x)
+        q, k, v = self.project(x)  # (B, T, nh * hs), (B, T, nkv * hs) twice
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
@@ -79,37 +78,23 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.backend == "eager":
             out, weights = self._eager(q, k, v, mask, dropout)
-        elif self.causal and mask is None and dropout == 0.0 and T > 1 and causal.usable(q):
-            weights = None
-            out = causal.causal_attention(q, k, v)  # SDPA's function, oneDNN's products
         else:
-            weights = None
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), dropout_p=dropout,
-                is_causal=self.causal and mask is None and T > 1,
-                enable_gqa=self.n_kv_heads != self.n_heads)
+            out, weights = self.attend(q, k, v, mask, dropout), None
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size)  # (B, T, C)
         return self.o_proj(out), weights
 
-    _qkv: tuple | None = None  # (weight keys, packed stacked weight, stacked bias)
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections of ``x`` (B, T, C)."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The query, key and value projections of ``x``. When ``Linear`` would decode through
-        oneDNN (a CPU, fp32 or native bf16, a few rows, inference), the three weights are
-        stacked and packed into one (made once, remade when one changes), so a token reads
-        them in one product: ~40 GB/s against ~31 for three 768 x 768 products on this
-        project's machines."""
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        if not self.q_proj._fast(x):
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        key = tuple((p.weight.data_ptr(), p.weight._version) for p in projs)
-        if self._qkv is None or self._qkv[0] != key:
-            w = torch.cat([p.weight for p in projs])
-            b = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
-            self._qkv = (key, pack(w), b)
-        kv = self.n_kv_heads * self.head_size
-        qkv = onednn_linear(x, self._qkv[1], self._qkv[2])
-        return qkv.split([self.n_heads * self.head_size, kv, kv], dim=-1)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               dropout: float) -> torch.Tensor:
+        """softmax(Q K^T / sqrt(hs) + mask) V by SDPA: q (B, nh, T, hs), k and v (B, nkv, S, hs),
+        ``mask`` None (causal or not, by ``self.causal``) or additive (B|1, nh|1, T, S)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), dropout_p=dropout,
+            is_causal=self.causal and mask is None and q.shape[2] > 1,
+            enable_gqa=self.n_kv_heads != self.n_heads)
 
     def _mask(self, q_pos: torch.Tensor, S: int, device: torch.device, static: bool = False
               ) -> torch.Tensor | None:

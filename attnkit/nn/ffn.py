@@ -9,17 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.nn.linear import Linear
-
 
 class MLP(nn.Module):
     """``down(act(up(x)))`` with a hidden width of ``hidden`` (4 * d_model in the paper)."""
 
     def __init__(self, d_model: int, hidden: int, activation: str, bias: bool = True) -> None:
         super().__init__()
-        self.act = _ACTIVATIONS[activation]
-        self.up_proj = Linear(d_model, hidden, bias=bias)
-        self.down_proj = Linear(hidden, d_model, bias=bias)
+        self.act = ACTIVATIONS[activation]
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
@@ -30,10 +28,10 @@ class GLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int, activation: str, bias: bool = True) -> None:
         super().__init__()
-        self.act = _ACTIVATIONS[activation]
-        self.gate_proj = Linear(d_model, hidden, bias=bias)
-        self.up_proj = Linear(d_model, hidden, bias=bias)
-        self.down_proj = Linear(hidden, d_model, bias=bias)
+        self.act = ACTIVATIONS[activation]
+        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -45,7 +43,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
 
 # name -> (class, activation, is_gated)
 FFNS: dict[str, tuple[type[nn.Module], str, bool]] = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import inspect
 import json
 import struct
 import threading
@@ -31,12 +30,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attnkit.errors import AttnkitError
+from attnkit.generate import stream
+from attnkit.generate.embed import embed_texts
 from attnkit.generate.options import API, OptionError, check_sampling
+from attnkit.interop.loaded import Loaded, unpack
 
 STATIC = Path(__file__).parent / "static"
 CHAT_FORMAT = "{role}: {content}\n"  # each message on its own line, then "assistant:"
 CHAT_STOP = ("\nuser:", "\nsystem:")
 MAX_STOP = 4
+STREAM_OPTIONS = ("temperature", "top_k", "top_p", "seed", "stop")  # what a request hands stream()
 
 
 class ApiError(Exception):
@@ -57,12 +60,6 @@ def chat_prompt(messages: list[dict[str, str]]) -> str:
     """``role: content`` lines, one per message, then ``assistant:`` for the model to continue."""
     return "".join(CHAT_FORMAT.format(role=m["role"], content=m["content"]) for m in messages) + \
         "assistant:"
-
-
-def _stream_kwargs() -> set[str]:
-    from attnkit.generate import stream
-
-    return set(inspect.signature(stream).parameters)
 
 
 class StopFilter:
@@ -101,21 +98,19 @@ class StopFilter:
 class Generator:
     """Runs ``attnkit.generate.stream`` in a worker thread, one generation at a time."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, tokenizer) -> None:
         self.model = model
+        self.tokenizer = tokenizer
         self.lock = threading.Lock()
-        self.accepts = _stream_kwargs()
 
     async def pieces(self, prompt: str, max_tokens: int, params: dict[str, Any],
                      request: Request | None = None) -> AsyncIterator[tuple[str, int]]:
         """(text piece, tokens generated so far) of the continuation; stops early when
         ``request`` disconnects."""
-        from attnkit.generate import stream
-
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
-        kwargs = {k: v for k, v in params.items() if k in self.accepts and v is not None}
+        kwargs = {k: v for k, v in params.items() if k in STREAM_OPTIONS and v is not None}
         done = object()
 
         def work() -> None:
@@ -123,7 +118,8 @@ class Generator:
                 with self.lock:
                     if stop.is_set():
                         return
-                    for chunk in stream(self.model, prompt, max_tokens, details=True, **kwargs):
+                    for chunk in stream(self.model, prompt, max_tokens, tokenizer=self.tokenizer,
+                                        details=True, **kwargs):
                         loop.call_soon_threadsafe(queue.put_nowait, (chunk.text, chunk.tokens))
                         if stop.is_set():
                             break
@@ -213,21 +209,30 @@ def _sampling(body: dict, default_max: int, limit: int, token_key: str = "max_to
 # ------------------------------------------------------------------ the app
 
 
-def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens_limit: int = 1024,
-               default_max_tokens: int = 16, max_body_bytes: int = 1_000_000) -> FastAPI:
-    """A FastAPI app that serves ``model`` (loaded with :func:`attnkit.load`) as ``model_name``.
+def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | None = None, *,
+               tokenizer=None, max_tokens_limit: int = 1024, default_max_tokens: int = 16,
+               max_body_bytes: int = 1_000_000) -> FastAPI:
+    """A FastAPI app that serves ``run`` (what :func:`attnkit.load` returned, or a bare model
+    with its ``tokenizer``) as ``model_name``. The model is served as it is given: a caller
+    that wants the CPU back-end applies :func:`attnkit.backends.accelerate` first, as
+    ``attnkit serve`` does.
+
+    What the model can do decides what it answers: the completions and ``next_token`` need
+    ``abilities.generates``, ``/v1/embeddings`` ``abilities.embeds`` and ``attention``
+    ``abilities.attention_maps``; a model without the ability gets a 400 naming its family.
 
     ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
     ``max_tokens_limit``: the largest ``max_tokens`` a request may ask for.
     ``max_body_bytes``: larger request bodies are refused with 413.
     """
-    tok = getattr(model, "tokenizer", None)
+    model, tok, _, _ = unpack(run, tokenizer)
     if tok is None:
         raise AttnkitError("the model has no tokenizer (load it with attnkit.load)")
-    family = getattr(getattr(model, "cfg", None), "family", "decoder")
+    abilities = model.abilities
+    family = model.cfg.family  # named in refusals, never branched on
     context = model.cfg.context_length
-    can_generate = family in ("decoder", "lstm")
-    gen = Generator(model)
+    can_generate = abilities.generates
+    gen = Generator(model, tok)
     created = int(time.time())
     app = FastAPI(title="attnkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.generator = gen
@@ -442,7 +447,7 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
     async def embeddings(request: Request):
         body = await read_json(request)
         check_model(body)
-        if not hasattr(model, "embed"):
+        if not abilities.embeds:
             raise ApiError(400, f"'{model_name}' is a {family} model; embeddings come from an "
                                 f"encoder model", param="model", code="unsupported_model")
         texts = body.get("input")
@@ -457,9 +462,11 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
                            param="encoding_format", code="invalid_value")
         for t in texts:
             encode(t, "input")
-        from attnkit.commands.embed import embed_texts
 
-        vectors, lengths = await asyncio.to_thread(gen.run_sync, embed_texts, model, texts)
+        def vectors_of() -> tuple[torch.Tensor, list[int]]:
+            return embed_texts(model, texts, tokenizer=tok)
+
+        vectors, lengths = await asyncio.to_thread(gen.run_sync, vectors_of)
         data = []
         for i, v in enumerate(vectors.tolist()):
             emb: Any = v if fmt == "float" else \
@@ -506,8 +513,10 @@ def create_app(model, model_name: str, api_key: str | None = None, *, max_tokens
             raise ApiError(400, "'prompt' is required", param="prompt", code="invalid_type")
         layer = _check_type(body, "layer", (int,), "an integer", 0)
         head = _check_type(body, "head", (int,), "an integer", 0)
-        if not hasattr(model, "attention_maps"):
-            raise ApiError(400, f"'{model_name}' is a {family} model, which has no attention",
+        if not abilities.attention_maps:
+            why = ("whose attention pairs a source with a target (attnkit inspect RUN --prompt "
+                   "SOURCE draws it)" if abilities.translates else "which has no attention")
+            raise ApiError(400, f"'{model_name}' is a {family} model, {why}",
                            code="unsupported_model")
         ids = encode(prompt)
 

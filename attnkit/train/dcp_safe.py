@@ -23,8 +23,8 @@ import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from attnkit.checkpoint import corrupt, load_plain, refused
 from attnkit.errors import AttnkitError
+from attnkit.weights import corrupt, load_plain, refused
 
 #: module -> the names in it that ``.metadata`` may name. Building any of them runs no code of
 #: the file's choosing: dataclasses filled field by field, an enum looked up by value,

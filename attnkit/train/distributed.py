@@ -6,7 +6,7 @@ starts the process group (NCCL on CUDA, gloo on CPU); :func:`parallelize`
 then wraps the built model once - activation checkpointing per block, then DDP,
 or FSDP2's ``fully_shard`` on every block and on the root.
 
-Checkpoints keep the layout of :mod:`attnkit.checkpoint`. A DDP run writes the
+Checkpoints keep the layout of :mod:`attnkit.runs`. A DDP run writes the
 usual single-file checkpoint from rank 0. An FSDP run writes::
 
     checkpoints/step-000500/
@@ -39,9 +39,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from attnkit.checkpoint import KEEP, load_weights, publish_checkpoint, write_json
 from attnkit.config import TrainConfig
 from attnkit.errors import AttnkitError
+from attnkit.runs import KEEP, publish_checkpoint, write_json
+from attnkit.weights import corrupt, load_plain, load_weights, refused
 
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 SHARDED = "sharded"  # the DCP folder inside an FSDP checkpoint
@@ -346,8 +347,6 @@ def _agree(folder: Path, step: Callable[[], object]) -> None:
 
 
 def _first_fault(folder: Path, failures: list[BaseException]) -> str:
-    from attnkit.checkpoint import refused
-
     for exc in failures:
         if isinstance(exc, AttnkitError):
             return str(exc)
@@ -362,8 +361,6 @@ def _first_fault(folder: Path, failures: list[BaseException]) -> str:
 def load_extras(ckpt: Path) -> dict[str, Any]:
     """``training.pt`` of a sharded checkpoint (RNG states, the fp16 scaler): tensors and plain
     data only, read with ``weights_only=True``; a refusal or damage is one line."""
-    from attnkit.checkpoint import corrupt, load_plain
-
     path = Path(ckpt) / "training.pt"
     try:
         with open(path, "rb") as f:

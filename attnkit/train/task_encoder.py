@@ -1,5 +1,5 @@
 """Encoder tasks: masked-language-model pretraining (``mlm``) and text classification
-(``classify``). Both follow the :class:`~attnkit.train.tasks.Task` protocol: every batch
+(``classify``). Both follow the :class:`~attnkit.train.task_base.Task` protocol: every batch
 is a pure function of ``(seed, step, micro, split)``, masking included, so a resumed
 run sees exactly the batches of an uninterrupted one.
 """
@@ -19,12 +19,11 @@ from attnkit.data.labeled import (
     label_names,
     pad_batch,
     read_labeled,
-    read_labels,
-    save_labels,
     split_indices,
 )
 from attnkit.errors import AttnkitError
-from attnkit.train.tasks import build_tokenizer
+from attnkit.runs import read_labels, save_labels
+from attnkit.train.task_base import build_tokenizer
 
 
 def _require_encoder(cfg: RunConfig) -> None:

@@ -32,7 +32,7 @@ from attnkit.data.pairs import (
 )
 from attnkit.errors import AttnkitError
 from attnkit.generate.beam import greedy_seq2seq
-from attnkit.train.tasks import build_tokenizer, mean_loss
+from attnkit.train.task_base import build_tokenizer, mean_loss
 
 EXACT_MATCH_PAIRS = 256  # validation pairs decoded at every evaluation
 SAMPLE_WIDTH = 60  # characters of a source or prediction shown in samples

@@ -3,7 +3,8 @@
 The trainer knows nothing about families or data formats. A task turns the
 run's data into batches of keyword arguments for ``model(**batch)`` - which
 returns ``(logits, loss)`` for every family - and evaluates a model. Tasks are
-chosen by ``data.task`` through :data:`TASKS`; each family module adds its own.
+chosen by ``data.task`` through :data:`TASKS`; the family tasks live beside it
+(``task_seq2seq``, ``task_encoder``) and share :mod:`attnkit.train.task_base`.
 
 A task is constructed as ``Task(cfg, run_dir, resume)``. On a new run it builds
 the tokenizer from the data; on resume it reads ``run_dir/tokenizer.json``.
@@ -14,7 +15,6 @@ a resumed run sees exactly the batches of an uninterrupted one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
@@ -22,50 +22,9 @@ from attnkit.config import RunConfig
 from attnkit.data import batch_generator, check_length, get_batch, prepare_tokens, read_corpus
 from attnkit.errors import AttnkitError
 from attnkit.generate import stream
-from attnkit.tokenizers import load_tokenizer, train_tokenizer
-
-
-class Task(Protocol):
-    tokenizer: Any
-
-    def describe(self) -> str: ...
-
-    def batch(self, split: str, step: int, micro: int, batch_size: int,
-              device: torch.device) -> dict[str, torch.Tensor]: ...
-
-    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int: ...
-
-    def evaluate(self, model: torch.nn.Module, autocast, batch_size: int,
-                 n_batches: int, device: torch.device) -> dict[str, float]: ...
-
-    def samples(self, model: torch.nn.Module, n: int, max_new_tokens: int,
-                seed: int) -> list[str]: ...
-
-
-def build_tokenizer(cfg: RunConfig, run_dir: Path, resume: bool, text: str | None,
-                    specials: tuple[str, ...] = ()):
-    """The run's tokenizer: read back on resume, otherwise trained/loaded per ``data.tokenizer``."""
-    if resume:
-        return load_tokenizer(run_dir / "tokenizer.json")
-    try:
-        from attnkit.tokenizers import resolve_tokenizer
-    except ImportError:  # older tokenizer module: kinds only
-        return train_tokenizer(cfg.data.tokenizer, text or "", cfg.data.vocab_size)
-    return resolve_tokenizer(cfg.data.tokenizer, text, cfg.data.vocab_size, specials)
-
-
-def mean_loss(model: torch.nn.Module, batches, autocast) -> float:
-    """Mean of ``model(**batch)[1]`` over ``batches``, in eval mode, without gradients."""
-    was_training = model.training
-    model.eval()
-    losses = []
-    with torch.no_grad():
-        for batch in batches:
-            with autocast():
-                _, loss = model(**batch)
-            losses.append(loss.item())
-    model.train(was_training)
-    return sum(losses) / max(len(losses), 1)
+from attnkit.train.task_base import Task, build_tokenizer, mean_loss
+from attnkit.train.task_encoder import ClassifyTask, MLMTask
+from attnkit.train.task_seq2seq import Seq2SeqTask
 
 
 class LMTask:
@@ -79,10 +38,6 @@ class LMTask:
         self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
         check_length(self.data, cfg.model.context_length)
         self.marker = self._marker_id(cfg.data.loss_after)
-        # Training needs the loss only: a decoder then fuses its output layer with the loss
-        # (attnkit/nn/loss.py); under torch.compile the compiler fuses them instead.
-        fuse = cfg.model.family == "decoder" and not cfg.train.compile
-        self.model_kwargs = {"return_logits": False} if fuse else {}
 
     def _marker_id(self, marker: str | None) -> int | None:
         """The token id of ``data.loss_after``, which must be exactly one token."""
@@ -135,7 +90,8 @@ class LMTask:
                                temperature=0.8, top_k=40, seed=seed + i)) for i in range(n)]
 
 
-TASKS: dict[str, type] = {"lm": LMTask}
+TASKS: dict[str, type] = {"lm": LMTask, "seq2seq": Seq2SeqTask, "mlm": MLMTask,
+                          "classify": ClassifyTask}
 
 
 def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:
@@ -145,11 +101,4 @@ def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:
     return TASKS[cfg.data.task](cfg, run_dir, resume)
 
 
-# Family tasks register at the bottom: their modules import the helpers above.
-from attnkit.train.task_seq2seq import Seq2SeqTask  # noqa: E402
-
-TASKS["seq2seq"] = Seq2SeqTask
-
-from attnkit.train.task_encoder import ClassifyTask, MLMTask  # noqa: E402
-
-TASKS["mlm"], TASKS["classify"] = MLMTask, ClassifyTask
+__all__ = ["TASKS", "Task", "build_task", "build_tokenizer", "mean_loss", "LMTask"]

@@ -20,23 +20,19 @@ from pathlib import Path
 
 import torch
 
-from attnkit.checkpoint import (
-    latest_checkpoint,
-    load_training_state,
-    load_weights,
-    resolve_device,
-    save_checkpoint,
-    write_json,
-)
+from attnkit.backends import accelerate
 from attnkit.config import RunConfig
+from attnkit.devices import resolve_device
 from attnkit.errors import AttnkitError
 from attnkit.models import build_model
+from attnkit.runs import latest_checkpoint, write_json
 from attnkit.train import distributed
 from attnkit.train.budget import check_budget
 from attnkit.train.guards import Guard
 from attnkit.train.optim import build_optimizer, lr_at
 from attnkit.train.progress import Progress
 from attnkit.train.tasks import build_task
+from attnkit.weights import load_training_state, load_weights, save_checkpoint
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Measured (docs/benchmarks.md, training): on a CPU the eager step, which runs attnkit's oneDNN linear
@@ -70,19 +66,6 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def describe_model(model: torch.nn.Module, cfg) -> str:
-    """One line: size, family and the knobs that matter."""
-    n = f"{model.num_params() / 1e6:.2f}M parameters"
-    if cfg.family == "lstm":
-        return f"{n} | LSTM, {cfg.n_layers} layers, d_model {cfg.d_model}"
-    layers = (f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers" if cfg.family == "seq2seq"
-              else f"{cfg.n_layers} layers")
-    kv = f" ({cfg.n_kv_heads} kv)" if cfg.n_kv_heads != cfg.n_heads else ""
-    return (f"{n} | {cfg.family}, {layers}, d_model {cfg.d_model}, {cfg.n_heads} heads{kv}, "
-            f"context {cfg.context_length} | pos {cfg.pos}, {cfg.norm_position}-{cfg.norm}, "
-            f"ffn {cfg.ffn}")
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, log=print,
                  force: bool = False) -> None:
@@ -97,6 +80,7 @@ class Trainer:
 
         self._build_task(resume)
         self.model = build_model(cfg.model).to(self.device)  # single-device, unwrapped
+        accelerate(self.model, purpose="train", backend=t.backend)  # the same function, faster
         self.wrapped = distributed.parallelize(self.model, t, self.dist, self.device,
                                                self.precision)
         self.optimizer = build_optimizer(self.model, t, self.device.type)
@@ -112,7 +96,6 @@ class Trainer:
         if t.compile and self.device.type == "cpu":
             self.log(COMPILE_ON_CPU)
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
-        self.model_kwargs = getattr(self.task, "model_kwargs", {})  # e.g. the LM task's loss-only
         self._stop_requested = False
         self._stop_agreed = False  # the ranks' consensus, so that all of them save and stop
 
@@ -284,7 +267,7 @@ class Trainer:
             # Gradients cross the ranks once per step, after the last micro-batch.
             with distributed.no_sync(self.wrapped, self.dist, last=micro == t.grad_accum - 1):
                 with self.autocast():
-                    _, loss = self.forward(**batch, **self.model_kwargs)
+                    _, loss = self.forward(**batch)
                 self.scaler.scale(loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         if self.dist.world > 1:  # the global mean loss, all tokens, and whether any rank must stop
@@ -323,7 +306,7 @@ class Trainer:
     def run(self) -> dict:
         """Train to ``train.steps``; returns a summary (final val loss, tokens/s, wall time)."""
         t = self.cfg.train
-        self.log(f"model: {describe_model(self.model, self.cfg.model)}")
+        self.log(f"model: {self.model.describe()}")
         self.log(self.task.describe())
         self.log(f"train: {t.steps} steps x {t.batch_size} sequences on {self.device} "
                  f"({self.precision}) -> {self.run_dir}")

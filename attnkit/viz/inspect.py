@@ -66,9 +66,10 @@ def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
 def masked_logits(model, ids: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
     """Masked-LM logits (M, V) at ``positions`` of the first sequence of ``ids`` (B, T).
 
-    Read from the masked-LM head directly: ``model(ids)`` would give class logits for an
-    encoder that also has a classifier."""
-    if getattr(model, "mlm_head", None) is None:
+    ``model`` is an encoder with ``abilities.masked_lm``. Read from the masked-LM head
+    directly: ``model(ids)`` would give class logits for an encoder that also has a
+    classifier."""
+    if not model.abilities.masked_lm:
         raise ValueError("this encoder has no masked-LM head")
     hidden, _ = model.hidden_states(ids)  # (B, T, C)
     return model.mlm_head(hidden[0, list(positions)]).float().cpu()  # (M, V)

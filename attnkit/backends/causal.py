@@ -1,7 +1,7 @@
 """Causal self-attention with oneDNN products, for fp32 on a CPU.
 
 PyTorch's CPU flash attention multiplies through MKL, which on this project's AMD CPUs leaves
-AVX-512 unused (see ``attnkit.nn.linear``): a gpt2-124m layer at context 1024, batch 2, took
+AVX-512 unused (see ``attnkit.backends.onednn``): a gpt2-124m layer at context 1024, batch 2, took
 95 ms forward and backward, 22% of a training step. This computes the same function with the
 query rows cut into blocks of ``BLOCK``: block i (rows r0..e) meets only the keys 0..e, so about
 (n + 1) / 2n of the full square is multiplied (5/8 for four blocks), each product by oneDNN.
@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from attnkit.nn.linear import cpu_fp32, onednn_linear
+from attnkit.backends.onednn import cpu_fp32, onednn_linear
 
 BLOCK = 256  # query rows per block: 128 spends more on calls, 512 multiplies more of the square
 MIN_LENGTH = 512  # below it SDPA's kernel is as fast: one or two blocks save little

@@ -19,7 +19,7 @@ fp32, as autocast keeps ``cross_entropy``; this spares the fp32 log-softmax over
 
 import torch
 
-from attnkit.nn.linear import PACKING, onednn_linear
+from attnkit.backends.onednn import PACKING, onednn_linear
 
 CHUNK = 1024  # rows per chunk
 
@@ -63,7 +63,7 @@ def _forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     low = compute_dtype not in (None, torch.float32)
     w = weight.to(compute_dtype) if low else weight
     V = w.shape[0]
-    # fp32 on a CPU: oneDNN multiplies about twice as fast as MKL here (attnkit.nn.linear)
+    # fp32 on a CPU: oneDNN multiplies about twice as fast as MKL here (attnkit.backends.onednn)
     onednn = not low and PACKING and h.device.type == "cpu" and h.dtype == torch.float32
     # on the oneDNN path the output matrix's gradient is built transposed, (C, V): see below
     grad_w = None if onednn else torch.zeros_like(weight, dtype=torch.float32)

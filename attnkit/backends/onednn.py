@@ -1,4 +1,8 @@
-"""``nn.Linear`` with oneDNN paths for decoding (fp32 and bf16) and training (fp32) on a CPU.
+"""The oneDNN back-end's linear layer: ``nn.Linear``'s function, with oneDNN's products for
+decoding (fp32 and bf16) and training (fp32) on a CPU.
+
+:func:`attnkit.backends.accelerate` swaps the class of every plain ``nn.Linear`` of a model to
+:class:`OneDNNLinear` (same parameters, same state-dict keys); the model code never sees it.
 
 Decoding one token multiplies a single row (or a few) by every weight matrix of the model,
 so its speed is how fast those matrices stream from memory. In fp32 PyTorch runs that
@@ -28,11 +32,11 @@ CPU, outside autocast and ``torch.compile``, runs the forward and both backward 
 every large enough layer (``TRAIN_MACS``) through ``torch.ops.mkldnn._linear_pointwise``.
 """
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnkit.devices import cpu_has_native_bf16
 
 FAST_ROWS = 8  # rows (batch x new tokens) up to which decoding takes the packed path
 FAST_NUMEL = 2**17  # the smallest weight worth it: 384 x 384 is, 128 x 512 is not
@@ -46,18 +50,6 @@ def _can_pack() -> bool:
 
 
 PACKING = _can_pack()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), read from
-    /proc/cpuinfo; False where that file does not exist. Without it PyTorch emulates bf16 and
-    a bf16 model is far slower than fp32 on the CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # the precisions whose decode products go through a packed weight: bf16 only where the CPU
@@ -117,20 +109,20 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-class Linear(nn.Linear):
+class OneDNNLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) whose fp32 products on a CPU go
     through oneDNN: packed weights when decoding, :class:`_OneDNNLinear` when training."""
 
-    _packed: tuple | None = None  # ((data_ptr, version), packed weight); see _from_weight
+    _packed: tuple | None = None  # ((data_ptr, version), packed weight); see from_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast(x):
-            return onednn_linear(x, self._from_weight("_packed", pack), self.bias)
+        if self.decodes_fast(x):
+            return onednn_linear(x, self.from_weight("_packed", pack), self.bias)
         if self._train_fast(x):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
-    def _from_weight(self, name: str, make):
+    def from_weight(self, name: str, make):
         """``make(weight)``, kept in attribute ``name`` and made again only when the weight
         is another tensor or was updated in place (its version counter moved)."""
         w = self.weight
@@ -152,7 +144,7 @@ class Linear(nn.Linear):
                 and type(x) is torch.Tensor and type(w) is nn.Parameter
                 and not torch.is_autocast_enabled("cpu"))
 
-    def _fast(self, x: torch.Tensor) -> bool:
+    def decodes_fast(self, x: torch.Tensor) -> bool:
         """Whether this product decodes through the packed weight (fp32, or bf16 on a CPU
         with native bf16)."""
         # is_compiling comes before is_inference_mode_enabled, which would break a graph
