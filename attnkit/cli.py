@@ -178,6 +178,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             f"{f', {skipped} updates skipped' if skipped else ''} -> {trainer.run_dir}")
         if summary["interrupted"]:
             return 0
+        report = trainer.report() if trainer.dist.is_main else None
+        if report:
+            say(report)
         if not args.no_samples and cfg.train.samples > 0:
             for i, text in enumerate(trainer.samples(cfg.train.samples, cfg.train.sample_tokens)):
                 say(f"--- sample {i + 1} ---")
@@ -277,8 +280,11 @@ NEXT_STEP = (
     ("translates", 'translate: attnkit translate {run} --text "..." --beam 4; score: attnkit '
                    'eval {run}'),
     ("embeds", 'embed: attnkit embed {run} --text "A sentence." --json'),
+    ("images", 'explain: attnkit inspect {run} --index 0; serve: attnkit serve {run} '
+               '(POST /v1/attnkit/classify)'),
 )
-ABILITY_COMMAND = (("translates", "attnkit translate"), ("embeds", "attnkit embed"))
+ABILITY_COMMAND = (("translates", "attnkit translate"), ("embeds", "attnkit embed"),
+                   ("images", "attnkit inspect --image"))
 
 
 def first_ability(model, table: tuple[tuple[str, str], ...]) -> str | None:

@@ -58,7 +58,7 @@ SIZES: dict[str, dict[str, Any]] = {
 class TransformerConfig:
     """The knobs every Transformer family shares. Every choice is a name from a small table."""
 
-    family: str = "decoder"  # decoder | seq2seq | encoder | lstm: picks the dataclass
+    family: str = "decoder"  # decoder | seq2seq | encoder | lstm | vit: picks the dataclass
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
     context_length: int = 128
     d_model: int = 128
@@ -192,14 +192,67 @@ class LSTMConfig:
             raise AttnkitError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+@dataclass
+class VisionConfig(TransformerConfig):
+    """A vision Transformer (ViT, Dosovitskiy et al. 2020): an image cut into non-overlapping
+    ``patch_size`` x ``patch_size`` patches, each projected to ``d_model``, then the encoder
+    stack. ``context_length`` is derived: one position per patch, plus the class token."""
+
+    family: Literal["vit"] = "vit"
+    image_size: int = 8  # square images of image_size x image_size pixels
+    patch_size: int = 2
+    channels: int = 0  # 1: grey, 3: RGB; 0: taken from the data when training starts
+    n_layers: int = 4
+    n_labels: int = 0  # 0: taken from the data's classes when training starts
+    pool: Literal["cls", "mean"] = "cls"  # what the classifier sees: a class token | mean of patches
+    pos: Pos = "learned"  # learned | sinusoidal (2-D, fixed) | none
+    ffn: FFN = "gelu"
+    norm_eps: float = 1e-6  # timm's and transformers' ViT
+    label_smoothing: float = 0.0  # of the training loss (Szegedy et al. 2016)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size"):
+            if getattr(self, name) < 1:
+                raise AttnkitError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.channels not in (0, 1, 3):
+            raise AttnkitError(f"model.channels must be 1 (grey), 3 (RGB) or 0 (from the data), "
+                               f"got {self.channels}")
+        if self.image_size % self.patch_size:
+            fits = [p for p in range(1, self.image_size + 1) if self.image_size % p == 0]
+            raise AttnkitError(f"model.patch_size={self.patch_size} does not divide "
+                               f"model.image_size={self.image_size} (choose one of "
+                               f"{', '.join(map(str, fits))})")
+        if self.pos not in ("learned", "sinusoidal", "none"):
+            raise AttnkitError(f"model.pos={self.pos} is not for images (choose learned, "
+                               f"sinusoidal or none)")
+        if self.n_labels < 0 or self.n_labels == 1:
+            raise AttnkitError(f"model.n_labels must be 0 (from the data) or at least 2, got "
+                               f"{self.n_labels}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise AttnkitError(f"model.label_smoothing must be in [0, 1), got "
+                               f"{self.label_smoothing}")
+        self.context_length = self.n_patches + (self.pool == "cls")
+        super().__post_init__()
+
+    @property
+    def grid(self) -> int:
+        """Patches along each side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid * self.grid
+
+
 FAMILY_CONFIGS: dict[str, type] = {
     "decoder": DecoderConfig, "seq2seq": Seq2SeqConfig, "encoder": EncoderConfig,
-    "lstm": LSTMConfig,
+    "lstm": LSTMConfig, "vit": VisionConfig,
 }
-AnyModelConfig = DecoderConfig | Seq2SeqConfig | EncoderConfig | LSTMConfig
+AnyModelConfig = DecoderConfig | Seq2SeqConfig | EncoderConfig | LSTMConfig | VisionConfig
 #: The training tasks each family can do; the first is the default (data.task=auto).
 FAMILY_TASKS: dict[str, tuple[str, ...]] = {
     "decoder": ("lm",), "lstm": ("lm",), "seq2seq": ("seq2seq",), "encoder": ("mlm", "classify"),
+    "vit": ("image",),
 }
 
 
@@ -280,7 +333,7 @@ class DataConfig:
     """Where text comes from and how it becomes tokens."""
 
     path: str = "pydoc"  # "pydoc" (built in), a text file, a folder, or a synthetic task
-    task: Literal["auto", "lm", "seq2seq", "mlm", "classify"] = "auto"  # auto: the family's first
+    task: Literal["auto", "lm", "seq2seq", "mlm", "classify", "image"] = "auto"  # auto: the family's first
     tokenizer: str = "char"  # char | byte | bpe | gpt2 | path to a tokenizer.json (or its folder)
     vocab_size: int = 2048  # for bpe only
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
@@ -290,6 +343,7 @@ class DataConfig:
     loss_after: str | None = None
 
     mlm_probability: float = 0.15  # task mlm: fraction of tokens masked (BERT)
+    augment: int = 0  # task image: shift each training image by up to this many pixels
 
     def __post_init__(self) -> None:
         kinds = ("char", "byte", "bpe", "gpt2")

@@ -51,7 +51,8 @@ def load(run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> Load
     check_config_matches(run_dir, ckpt, saved)
     token_ids = read_token_ids(run_dir)  # a converted BART run: the ids of its config.json
     ids_only = token_ids is not None and not (run_dir / "tokenizer.json").exists()
-    tokenizer = None if ids_only else load_tokenizer(run_dir / "tokenizer.json")
+    no_text = ids_only or cfg.data.task == "image"  # an image run has no tokenizer
+    tokenizer = None if no_text else load_tokenizer(run_dir / "tokenizer.json")
     check_tokenizer_matches(run_dir, ckpt)
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:  # padding is fine
         raise AttnkitError(f"{run_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the "

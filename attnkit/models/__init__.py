@@ -8,10 +8,12 @@ from attnkit.models.decoder import Decoder
 from attnkit.models.encoder import Encoder
 from attnkit.models.lstm import LSTMLanguageModel
 from attnkit.models.seq2seq import Seq2Seq
+from attnkit.models.vit import ViT
 
 MODELS: dict[str, type[nn.Module]] = {"decoder": Decoder, "lstm": LSTMLanguageModel}
 MODELS["encoder"] = Encoder
 MODELS["seq2seq"] = Seq2Seq
+MODELS["vit"] = ViT
 
 
 def build_model(cfg) -> nn.Module:
@@ -21,4 +23,4 @@ def build_model(cfg) -> nn.Module:
     return MODELS[cfg.family](cfg)
 
 
-__all__ = ["Decoder", "LSTMLanguageModel", "MODELS", "build_model"]
+__all__ = ["Decoder", "LSTMLanguageModel", "ViT", "MODELS", "build_model"]

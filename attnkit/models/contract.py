@@ -54,6 +54,7 @@ class Abilities:
     attention_maps: bool = False  # self-attention weights of every layer over one input
     masked_lm: bool = False  # logits at [MASK] positions (``forward`` without labels)
     classifies: bool = False  # class logits (``forward(..., labels=)``)
+    images: bool = False  # reads images: ``forward(pixel_values (B, C, H, W), labels=None)``
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from attnkit.data.labeled import (
 )
 from attnkit.errors import AttnkitError
 from attnkit.runs import read_labels, save_labels
-from attnkit.train.task_base import build_tokenizer
+from attnkit.train.task_base import build_tokenizer, confusion_report
 
 
 def _require_encoder(cfg: RunConfig) -> None:
@@ -141,6 +141,10 @@ class MLMTask:
                 total += predicted.sum().item()
         return {"val_loss": loss_sum / max(n_batches, 1), "accuracy": right / max(total, 1)}
 
+    def report(self, model) -> None:
+        """Nothing beyond the validation loss."""
+        return None
+
     def samples(self, model, n: int, max_new_tokens: int, seed: int) -> list[str]:
         """For ``n`` validation windows spread over the split: the text with its masks shown
         as ``□``, and the model's fill-in."""
@@ -247,6 +251,18 @@ class ClassifyTask:
                 loss_sum += loss.item() * len(chunk)
                 right += (logits.argmax(-1) == batch["labels"]).sum().item()
         return {"val_loss": loss_sum / len(rows), "accuracy": right / len(rows)}
+
+    def report(self, model) -> str:
+        """Validation accuracy and the confusion matrix."""
+        rows = self.split["val"]
+        device = next(model.parameters()).device
+        guesses = []
+        with _eval_mode(model):
+            for chunk in rows.split(64):
+                batch = self._batch(chunk, device)
+                batch.pop("labels")
+                guesses.append(model(**batch)[0].argmax(-1).cpu())
+        return confusion_report(self.labels, self.label_ids[rows], torch.cat(guesses), "val")
 
     def samples(self, model, n: int, max_new_tokens: int, seed: int) -> list[str]:
         """The model's label for the first ``n`` validation examples."""

@@ -120,6 +120,10 @@ class Seq2SeqTask:
         exact = sum(p == t for p, (_, t) in zip(predictions, pairs)) / max(len(pairs), 1)
         return {"val_loss": val_loss, "exact_match": exact}
 
+    def report(self, model) -> None:
+        """Nothing beyond the validation loss."""
+        return None
+
     def samples(self, model, n: int, max_new_tokens: int, seed: int) -> list[str]:
         """``source -> prediction`` for the first ``n`` validation pairs (greedy), with the
         expected target where the prediction differs."""

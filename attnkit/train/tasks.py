@@ -24,6 +24,7 @@ from attnkit.errors import AttnkitError
 from attnkit.generate import stream
 from attnkit.train.task_base import Task, build_tokenizer, mean_loss
 from attnkit.train.task_encoder import ClassifyTask, MLMTask
+from attnkit.train.task_image import ImageTask
 from attnkit.train.task_seq2seq import Seq2SeqTask
 
 
@@ -77,6 +78,10 @@ class LMTask:
         batches = (self.batch("val", 0, i, batch_size, device) for i in range(n_batches))
         return {"val_loss": mean_loss(model, batches, autocast)}
 
+    def report(self, model) -> None:
+        """Nothing beyond the validation loss."""
+        return None
+
     def samples(self, model, n: int, max_new_tokens: int, seed: int) -> list[str]:
         """``n`` samples from a newline prompt, for a look at what the model learned."""
         try:
@@ -91,7 +96,7 @@ class LMTask:
 
 
 TASKS: dict[str, type] = {"lm": LMTask, "seq2seq": Seq2SeqTask, "mlm": MLMTask,
-                          "classify": ClassifyTask}
+                          "classify": ClassifyTask, "image": ImageTask}
 
 
 def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:

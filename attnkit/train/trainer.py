@@ -116,7 +116,8 @@ class Trainer:
                 if not resume:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                     write_json(self.run_dir / "config.json", cfg.to_dict())
-                    self.tokenizer.save(self.run_dir / "tokenizer.json")
+                    if self.tokenizer is not None:  # images have none
+                        self.tokenizer.save(self.run_dir / "tokenizer.json")
             except AttnkitError as e:
                 error = str(e)
                 if self.dist.world == 1:
@@ -135,6 +136,8 @@ class Trainer:
     def _check_vocab(self) -> None:
         self.tokenizer = self.task.tokenizer
         model = self.cfg.model
+        if self.tokenizer is None:  # images: no vocabulary
+            return
         if model.vocab_size == 0:
             model.vocab_size = self.tokenizer.vocab_size
         elif model.vocab_size < self.tokenizer.vocab_size:
@@ -391,3 +394,7 @@ class Trainer:
         if not self.dist.is_main and self.dist.mode != "fsdp":
             return []
         return self.task.samples(self.model, n, max_new_tokens, self.cfg.train.seed)
+
+    def report(self) -> str | None:
+        """The task's closing report (a classifier's accuracy and confusion matrix), or None."""
+        return self.task.report(self.model)
