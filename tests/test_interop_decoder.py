@@ -416,6 +416,10 @@ def test_transforms_invert() -> None:
             parts = forward([fused], shapes)
             assert [p.shape[0] for p in parts] == [32, 16, 16]
             assert torch.equal(inverse(parts, shapes)[0], fused)
+        elif name == "flatten_patches":  # a ViT patch convolution (D, C, P, P)
+            conv, vision = torch.randn(8, 3, 2, 2), shapes._replace(patch_size=2)
+            (flat,) = forward([conv], vision)
+            assert flat.shape == (8, 12) and torch.equal(inverse([flat], vision)[0], conv)
         else:
             assert torch.equal(inverse(forward([fused], shapes), shapes)[0], fused)
 

@@ -1,4 +1,5 @@
-"""``attnkit convert``: Hugging Face GPT-2 / Llama (and BERT) folders <-> attnkit run directories."""
+"""``attnkit convert``: Hugging Face GPT-2 / Llama (and BERT, BART, ViT) folders <-> attnkit run
+directories."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ USAGE = "attnkit convert --from-hf DIR --out RUN  |  attnkit convert RUN --to-hf
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert Hugging Face GPT-2, Llama, BERT and BART checkpoints to attnkit runs and back",
+        help="convert Hugging Face GPT-2, Llama, BERT, BART and ViT checkpoints to attnkit runs "
+             "and back",
         usage=USAGE,
         description="Import a Hugging Face model folder (config.json + model.safetensors, "
-                    "GPT-2, Llama, BERT or BART) as an attnkit run directory, or export a run's latest "
-                    "checkpoint as a folder transformers' from_pretrained loads. The output "
-                    "folder must not exist (or be empty); it appears only when complete.",
+                    "GPT-2, Llama, BERT, BART or ViT) as an attnkit run directory, or export a "
+                    "run's latest checkpoint as a folder transformers' from_pretrained loads. "
+                    "The output folder must not exist (or be empty); it appears only when "
+                    "complete.",
         epilog="examples:\n"
                "  attnkit convert --from-hf ~/models/gpt2 --out runs/gpt2\n"
                "  attnkit sample runs/gpt2 --prompt 'Hello' --temperature 0\n"
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         if ids is not None:  # BART: the ids of its config.json, kept in token_ids.json
             print("token ids kept from config.json: " +
                   ", ".join(f"{k} {v}" for k, v in ids.items() if v is not None))
-        if tok is None:
+        if tok is None and run.config.data.task != "image":  # images need no tokenizer
             print(f"no tokenizer.json in {args.from_hf}: the run works on token ids only "
                   f"(attnkit.load and decoding from ids work; commands that take text need the "
                   f"model's tokenizer.json copied into {args.out})")

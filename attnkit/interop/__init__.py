@@ -1,5 +1,5 @@
-"""Hugging Face interop: GPT-2, Llama, BERT and BART checkpoints in, attnkit models out, and
-back; and :func:`load`, which reads a trained run or such a folder.
+"""Hugging Face interop: GPT-2, Llama, BERT, BART and ViT checkpoints in, attnkit models out,
+and back; and :func:`load`, which reads a trained run or such a folder.
 
 ::
 
@@ -8,8 +8,8 @@ back; and :func:`load`, which reads a trained run or such a folder.
     run = attnkit.load("gpt2-folder")             # attnkit.load recognises such a folder too
 
 One declarative key map per architecture (:mod:`attnkit.interop.keymap`) serves both
-directions; the config mappings live in :mod:`attnkit.interop.decoder`, ``bert`` and
-``bart``, the dispatch by ``model_type`` and family in :mod:`attnkit.interop.hf`.
+directions; the config mappings live in :mod:`attnkit.interop.decoder`, ``bert``, ``bart``
+and ``vit``, the dispatch by ``model_type`` and family in :mod:`attnkit.interop.hf`.
 Conversion needs only torch, safetensors and JSON - transformers is not imported - and
 never unpickles.
 """

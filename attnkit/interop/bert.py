@@ -102,6 +102,17 @@ def head_of(data: dict[str, Any], path: Path | str = "config.json") -> str:
                        f"{', '.join(CLASSES)})")
 
 
+
+def classifier_labels(r: ConfigReader) -> int:
+    """The number of classes of a Hugging Face sequence or image classifier's config
+    (``id2label``, else ``num_labels``), refusing a regression head."""
+    n_labels = len(r.get("id2label", dict, {})) or r.get("num_labels", int, 2)
+    if n_labels < 2 or r.data.get("problem_type") == "regression":
+        raise r.error("problem_type", "is a regression head (attnkit imports classifiers of at "
+                                      "least two labels)")
+    return n_labels
+
+
 def encoder_config_in(r: ConfigReader) -> EncoderConfig:
     """The :class:`EncoderConfig` computing what the BERT ``config.json`` in ``r`` describes."""
     if r.data.get("model_type") != "bert":
@@ -112,13 +123,7 @@ def encoder_config_in(r: ConfigReader) -> EncoderConfig:
               "attnkit's BERT has absolute learned positions")
     r.require("is_decoder", False, (False,), "attnkit's encoder is bidirectional")
     head = head_of(r.data, r.path)
-    n_labels = 0
-    if head == "classify":
-        id2label = r.get("id2label", dict, {})
-        n_labels = len(id2label) or r.get("num_labels", int, 2)
-        if n_labels < 2 or r.data.get("problem_type") == "regression":
-            raise r.error("problem_type", "is a regression head (attnkit imports classifiers "
-                                          "of at least two labels)")
+    n_labels = classifier_labels(r) if head == "classify" else 0
     fields = dict(
         vocab_size=r.get("vocab_size", int), d_model=r.get("hidden_size", int),
         n_layers=r.get("num_hidden_layers", int), n_heads=r.get("num_attention_heads", int),

@@ -1,5 +1,5 @@
-"""Any Hugging Face folder in, any attnkit model out, and back: GPT-2 and Llama here, BERT
-and BART by their own modules (:data:`IMPORTERS`, :data:`EXPORTERS`)."""
+"""Any Hugging Face folder in, any attnkit model out, and back: GPT-2 and Llama here, BERT,
+BART and ViT by their own modules (:data:`IMPORTERS`, :data:`EXPORTERS`)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from attnkit.interop.decoder import ARCHITECTURES, Architecture, ConfigReader, e
 from attnkit.interop.io import HFWeights, atomic_dir, folder_tokenizer, read_hf_config, tokenizer_config
 from attnkit.interop.keymap import MissingTensor, Shapes, export_tensors, import_tensors
 from attnkit.interop.loaded import Loaded, unpack
+from attnkit.interop.vit import from_hf_vit, to_hf_vit
 from attnkit.models import build_model
 from attnkit.runs import write_json
 from attnkit.weights import model_state
 
 #: Families whose converters live in a module of their own: by Hugging Face ``model_type``
 #: (import) and by attnkit family (export).
-IMPORTERS = {"bert": from_hf_bert, "bart": from_hf_bart}
-EXPORTERS = {"encoder": to_hf_bert, "seq2seq": to_hf_bart}
+IMPORTERS = {"bert": from_hf_bert, "bart": from_hf_bart, "vit": from_hf_vit}
+EXPORTERS = {"encoder": to_hf_bert, "seq2seq": to_hf_bart, "vit": to_hf_vit}
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -59,8 +60,8 @@ def _architecture(data: dict, path: Path) -> Architecture:
 
 def from_hf(path: str | Path) -> Loaded:
     """Import a Hugging Face GPT-2 or Llama folder (``config.json`` + safetensors) as an
-    attnkit :class:`~attnkit.models.Decoder`, in eval mode on the CPU in float32 (a BERT or
-    BART folder goes to :data:`IMPORTERS`' converter).
+    attnkit :class:`~attnkit.models.Decoder`, in eval mode on the CPU in float32 (a BERT,
+    BART or ViT folder goes to :data:`IMPORTERS`' converter).
 
     The :class:`Loaded` holds the folder's ``tokenizer.json`` (None without one) and the
     :class:`~attnkit.config.RunConfig` a converted run records; ``source`` is the folder.
@@ -115,9 +116,9 @@ def to_hf(run: Loaded | nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Write ``run`` (a :class:`Loaded`, or a bare model) as a Hugging Face folder:
     ``config.json`` (with ``architectures`` and ``model_type``), ``model.safetensors``, and -
     when the tokenizer is a Hugging Face one (kinds ``hf``, ``gpt2``, ``bpe``) -
-    ``tokenizer.json`` and ``tokenizer_config.json``. An encoder or encoder-decoder goes to
-    :data:`EXPORTERS`' converter, which also takes a classifier's labels or BART's token ids
-    from a Loaded.
+    ``tokenizer.json`` and ``tokenizer_config.json``. An encoder, encoder-decoder or ViT goes
+    to :data:`EXPORTERS`' converter, which also takes a classifier's labels or BART's token
+    ids from a Loaded.
 
     ``tokenizer`` defaults to the Loaded's (none for a bare model). ``path`` must not exist
     or be empty; it appears only when complete.

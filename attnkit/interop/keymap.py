@@ -15,6 +15,10 @@ Transforms (:data:`TRANSFORMS`, each a ``(forward, inverse)`` pair):
 - ``split_qkv``: GPT-2 fuses the query, key and value projections into one
   ``c_attn`` matrix, rows [q | k | v]; attnkit keeps three. Its inverse is
   ``merge_qkv``.
+- ``flatten_patches``: ViT projects patches with a ``Conv2d(C, D, P, stride=P)``, weight
+  (D, C, P, P); attnkit's patch embedding is the same function as an ``nn.Linear`` over
+  patches flattened in (C, P, P) order, weight (D, C·P·P). Its inverse is
+  ``unflatten_patches``.
 
 No ``permute_rope`` is needed for Llama: attnkit's RoPE rotates the two halves
 of each head ("rotate half"), the layout Hugging Face Llama checkpoints are
@@ -36,6 +40,7 @@ class Shapes(NamedTuple):
     n_heads: int
     n_kv_heads: int
     head_size: int
+    patch_size: int = 0  # a vision model's P (unflatten_patches); 0 for text models
 
 
 Transform = Callable[[list[torch.Tensor], Shapes], list[torch.Tensor]]
@@ -64,11 +69,27 @@ def merge_qkv(ts: list[torch.Tensor], shapes: Shapes) -> list[torch.Tensor]:
     return [torch.cat(ts, dim=0)]
 
 
+def flatten_patches(ts: list[torch.Tensor], shapes: Shapes) -> list[torch.Tensor]:
+    """A patch convolution's weight (D, C, P, P) -> the Linear over flattened patches (D, C·P·P)."""
+    (conv,) = ts
+    if conv.dim() != 4:
+        raise ValueError(f"a patch convolution's weight has 4 dimensions, not {conv.dim()}")
+    return [conv.reshape(conv.shape[0], -1).contiguous()]
+
+
+def unflatten_patches(ts: list[torch.Tensor], shapes: Shapes) -> list[torch.Tensor]:
+    """Inverse of :func:`flatten_patches`: (D, C·P·P) -> (D, C, P, P)."""
+    (linear,) = ts
+    P = shapes.patch_size
+    return [linear.reshape(linear.shape[0], -1, P, P).contiguous()]  # (D, C, P, P)
+
+
 #: name -> (import direction: HF -> attnkit, export direction: attnkit -> HF)
 TRANSFORMS: dict[str, tuple[Transform, Transform]] = {
     "identity": (identity, identity),
     "transpose": (transpose, transpose),
     "split_qkv": (split_qkv, merge_qkv),
+    "flatten_patches": (flatten_patches, unflatten_patches),
 }
 
 
