@@ -19,10 +19,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "serve", help="serve a run over an OpenAI-compatible HTTP API, with a browser playground",
         description="Serve RUN at http://HOST:PORT: /v1/completions, /v1/chat/completions, "
-                    "/v1/embeddings (encoders), /v1/models, /health, and a playground at /.",
+                    "/v1/embeddings (encoders), /v1/attnkit/classify (image models), /v1/models, "
+                    "/health, and a playground at /.",
         epilog="examples:\n"
                "  attnkit serve runs/pydoc-char\n"
                "  attnkit serve runs/pydoc-char --port 8080 --api-key secret\n"
+               "  attnkit serve runs/vit-digits     # POST /v1/attnkit/classify {\"image\": BASE64}\n"
                "see docs/serving.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a run directory or a Hugging Face model folder")
@@ -69,7 +71,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this "
               f"address can use the model", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {args.run} as '{name}' at http://{shown}:{args.port} "
-          f"(playground: /, API: /v1; Ctrl-C stops)", flush=True)
+    # the playground is text only; an image model answers the classify endpoint
+    where = "API: POST /v1/attnkit/classify" if loaded.model.abilities.images else \
+        "playground: /, API: /v1"
+    print(f"serving {args.run} as '{name}' at http://{shown}:{args.port} ({where}; Ctrl-C stops)",
+          flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

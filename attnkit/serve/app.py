@@ -2,7 +2,8 @@
 
 OpenAI-compatible endpoints (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
 ``/v1/embeddings``), two JSON endpoints for the playground (``/v1/attnkit/next_token`` and
-``/v1/attnkit/attention``), ``/health`` and the playground page at ``/``.
+``/v1/attnkit/attention``), image classification (``/v1/attnkit/classify``), ``/health`` and
+the playground page at ``/``.
 
 One model answers every request, so generation runs in a worker thread per request and the
 threads take turns through one lock: concurrent requests queue and are all answered. A
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import io
 import json
 import struct
 import threading
@@ -29,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from attnkit.data.images import image_to_tensor
 from attnkit.errors import AttnkitError
 from attnkit.generate import stream
 from attnkit.generate.embed import embed_texts
@@ -40,6 +43,10 @@ CHAT_FORMAT = "{role}: {content}\n"  # each message on its own line, then "assis
 CHAT_STOP = ("\nuser:", "\nsystem:")
 MAX_STOP = 4
 STREAM_OPTIONS = ("temperature", "top_k", "top_p", "seed", "stop")  # what a request hands stream()
+# what /v1/attnkit/classify opens: common raster formats only, so an upload never reaches a
+# plugin that runs an outside program (Pillow's EPS reader calls Ghostscript)
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+MAX_IMAGE_PIXELS = 4096 * 4096  # a small compressed file can declare a huge image: refused unread
 
 
 class ApiError(Exception):
@@ -206,29 +213,75 @@ def _sampling(body: dict, default_max: int, limit: int, token_key: str = "max_to
             "include_usage": bool(options.get("include_usage", False))}
 
 
+def read_image(value: Any):
+    """The Pillow image in a request's ``image`` field: the base64 of an image file, or a
+    ``data:image/...;base64,`` URL. Every way it can be wrong is a 400 naming the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str):
+        got = "nothing" if value is None else type(value).__name__
+        raise ApiError(400, f"'image' must be a string: the base64 of a PNG or JPEG file, or a "
+                            f"data URL (got {got})", param="image", code="invalid_type")
+    if value.startswith("data:"):
+        head, comma, value = value.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise ApiError(400, "'image' is a data URL that is not base64 (send "
+                                "data:image/png;base64,...)", param="image", code="invalid_value")
+    try:  # whitespace is dropped: `base64` wraps its output every 76 characters
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
+        raise ApiError(400, f"'image' is not valid base64 ({e})", param="image",
+                       code="invalid_value") from None
+    if not data:
+        raise ApiError(400, "'image' is empty", param="image", code="invalid_value")
+    kinds = ", ".join(IMAGE_FORMATS)
+    too_big = f"over the limit of {MAX_IMAGE_PIXELS} pixels"
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ApiError(400, f"'image' is {width}x{height} pixels, {too_big}", param="image",
+                           code="invalid_value")
+        image.load()
+    except UnidentifiedImageError:
+        raise ApiError(400, f"'image' holds {len(data)} bytes that are not an image Pillow reads "
+                            f"({kinds})", param="image", code="invalid_value") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own
+        # limits, far above ours, met in open(); the warning is raised where warnings are errors
+        raise ApiError(400, f"'image' is {too_big}", param="image", code="invalid_value") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ApiError(400, f"'image' is a damaged image file ({e})", param="image",
+                       code="invalid_value") from None
+    return image
+
+
 # ------------------------------------------------------------------ the app
 
 
 def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | None = None, *,
-               tokenizer=None, max_tokens_limit: int = 1024, default_max_tokens: int = 16,
-               max_body_bytes: int = 1_000_000) -> FastAPI:
+               tokenizer=None, labels: list[str] | None = None, max_tokens_limit: int = 1024,
+               default_max_tokens: int = 16, max_body_bytes: int = 1_000_000) -> FastAPI:
     """A FastAPI app that serves ``run`` (what :func:`attnkit.load` returned, or a bare model
-    with its ``tokenizer``) as ``model_name``. The model is served as it is given: a caller
-    that wants the CPU back-end applies :func:`attnkit.backends.accelerate` first, as
-    ``attnkit serve`` does.
+    with its ``tokenizer`` or, for an image model, its class ``labels``) as ``model_name``.
+    The model is served as it is given: a caller that wants the CPU back-end applies
+    :func:`attnkit.backends.accelerate` first, as ``attnkit serve`` does.
 
     What the model can do decides what it answers: the completions and ``next_token`` need
-    ``abilities.generates``, ``/v1/embeddings`` ``abilities.embeds`` and ``attention``
-    ``abilities.attention_maps``; a model without the ability gets a 400 naming its family.
+    ``abilities.generates``, ``/v1/embeddings`` ``abilities.embeds``, ``attention``
+    ``abilities.attention_maps`` and ``/v1/attnkit/classify`` ``abilities.images``; every
+    text endpoint needs a tokenizer (an image model has none). A model without the ability
+    gets a 400 ``unsupported_model`` naming its family.
 
     ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
     ``max_tokens_limit``: the largest ``max_tokens`` a request may ask for.
     ``max_body_bytes``: larger request bodies are refused with 413.
     """
-    model, tok, _, _ = unpack(run, tokenizer)
-    if tok is None:
-        raise AttnkitError("the model has no tokenizer (load it with attnkit.load)")
+    model, tok, labels, _ = unpack(run, tokenizer, labels)
     abilities = model.abilities
+    if tok is None and not abilities.images:
+        raise AttnkitError("the model has no tokenizer (load it with attnkit.load)")
+    if abilities.images and labels is not None and len(labels) != model.cfg.n_labels:
+        raise AttnkitError(f"{len(labels)} labels for a model of {model.cfg.n_labels} classes")
     family = model.cfg.family  # named in refusals, never branched on
     context = model.cfg.context_length
     can_generate = abilities.generates
@@ -304,7 +357,14 @@ def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | No
                                 f"{context}", param=param, code="context_length_exceeded")
         return ids
 
+    def require_text() -> None:
+        if tok is None:  # only an image model is served without a tokenizer
+            raise ApiError(400, f"'{model_name}' is a {family} model, which reads images, not "
+                                f"text (POST /v1/attnkit/classify)", param="model",
+                           code="unsupported_model")
+
     def require_generation() -> None:
+        require_text()
         if not can_generate:
             raise ApiError(400, f"'{model_name}' is a {family} model, which does not continue "
                                 f"text", param="model", code="unsupported_model")
@@ -447,6 +507,7 @@ def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | No
     async def embeddings(request: Request):
         body = await read_json(request)
         check_model(body)
+        require_text()
         if not abilities.embeds:
             raise ApiError(400, f"'{model_name}' is a {family} model; embeddings come from an "
                                 f"encoder model", param="model", code="unsupported_model")
@@ -513,6 +574,7 @@ def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | No
             raise ApiError(400, "'prompt' is required", param="prompt", code="invalid_type")
         layer = _check_type(body, "layer", (int,), "an integer", 0)
         head = _check_type(body, "head", (int,), "an integer", 0)
+        require_text()
         if not abilities.attention_maps:
             why = ("whose attention pairs a source with a target (attnkit inspect RUN --prompt "
                    "SOURCE draws it)" if abilities.translates else "which has no attention")
@@ -533,6 +595,38 @@ def create_app(run: Loaded | torch.nn.Module, model_name: str, api_key: str | No
         return {"tokens": [_piece(tok, i) for i in ids], "layer": layer, "head": head,
                 "n_layers": n_layers, "n_heads": n_heads,
                 "matrix": [[round(x, 5) for x in row] for row in matrix.tolist()]}
+
+    @app.post("/v1/attnkit/classify")
+    async def classify(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        if not abilities.images:
+            raise ApiError(400, f"'{model_name}' is a {family} model, which does not read images",
+                           param="model", code="unsupported_model")
+        top_k = _check_type(body, "top_k", (int,), "an integer")
+        if top_k is not None and top_k < 1:
+            raise ApiError(400, f"'top_k' must be at least 1, got {top_k}", param="top_k",
+                           code="invalid_value")
+        size, channels = model.cfg.image_size, model.cfg.channels
+
+        def prepare() -> torch.Tensor:  # (C, H, W), exactly as training prepares an image
+            return image_to_tensor(read_image(body.get("image")), size, channels)
+
+        # decoded off the event loop and outside the model's lock: only the forward pass queues
+        pixels = await asyncio.to_thread(prepare)
+
+        def probs() -> torch.Tensor:
+            with torch.inference_mode():
+                device = next(model.parameters()).device
+                logits = model(pixels[None].to(device))[0][0].float().cpu()  # (L,)
+            return torch.softmax(logits, dim=-1)
+
+        p = await asyncio.to_thread(gen.run_sync, probs)
+        values, idx = torch.sort(p, descending=True, stable=True)
+        names = labels or [str(i) for i in range(p.numel())]
+        top = [{"label": names[int(i)], "id": int(i), "prob": float(v)}
+               for v, i in zip(values[:top_k], idx[:top_k])]
+        return {"model": model_name, "label": top[0]["label"], "probs": top}
 
     return app
 
