@@ -4,7 +4,9 @@ With ``--prompt``: the attention of every layer and head on the prompt (one heat
 layer and head), the mean attention entropy per layer and head, and the next-token
 distribution at several temperatures (for a masked-LM encoder: the distribution at each
 ``[MASK]`` written in the prompt). With ``--embeddings``: a PCA of the token embedding
-table. Every number drawn is also written to JSON beside the pictures.
+table. For an image model (``abilities.images``), ``--image FILE`` or ``--index N`` (of the
+run's held-out split) instead: the class probabilities and the attention rollout (Abnar &
+Zuidema 2020) over the image. Every number drawn is also written to JSON beside the pictures.
 """
 
 from __future__ import annotations
@@ -21,30 +23,37 @@ from attnkit.tokenizers.specials import HF_SPELLINGS
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "inspect", help="attention maps, attention entropy, next-token and embedding pictures",
+        "inspect", help="attention maps, attention entropy, next-token and embedding pictures; "
+                        "for an image model, class probabilities and attention rollout",
         description="Write PNGs and a JSON file of what a trained run does on --prompt "
                     "(attention per layer and head, attention entropy, the next-token "
                     "distribution at several temperatures), or with --embeddings a PCA of its "
-                    "token embeddings.",
+                    "token embeddings. For an image model: on --image FILE or on --index N of "
+                    "its held-out images, the class probabilities and the attention rollout.",
         epilog="examples:\n"
                "  attnkit inspect runs/pydoc-char --prompt \"def __init__(self\"\n"
                "  attnkit inspect runs/pydoc-char --prompt \"The \" --layer 0 --head 1\n"
                "  attnkit inspect runs/encoder-mlm --prompt \"def __init__([MASK]elf)\"\n"
-               "  attnkit inspect runs/pydoc-char --embeddings --out pictures/",
+               "  attnkit inspect runs/pydoc-char --embeddings --out pictures/\n"
+               "  attnkit inspect runs/vit-digits --index 0\n"
+               "  attnkit inspect runs/vit-digits --image my-digit.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a run directory, e.g. runs/pydoc-char")
     p.add_argument("--prompt", help="text to run through the model (for a masked-LM encoder, "
                    "with [MASK] where a token is to be predicted)")
     p.add_argument("--embeddings", action="store_true",
                    help="plot the token embedding table on its first two principal axes")
+    p.add_argument("--image", type=Path, help="an image model: the image file to classify and "
+                   "explain (any format Pillow reads; resized to the model's image size)")
+    p.add_argument("--index", type=int, help="an image model: the N-th image (from 0) of the "
+                   "run's held-out split, drawn with its true class")
     p.add_argument("--out", type=Path, help="output folder (default: RUN/inspect)")
     p.add_argument("--layer", type=int, help="draw attention heatmaps of this layer only "
                    "(inspect.json always holds every layer)")
     p.add_argument("--head", type=int, help="draw attention heatmaps of this head only")
-    p.add_argument("--temperatures", default="0.5,1,2",
-                   help="comma-separated softmax temperatures (default 0.5,1,2)")
-    p.add_argument("--top", type=int, default=10, help="tokens listed per temperature, or "
-                   "per [MASK] (10)")
+    # None, not the defaults, so that a vision run can tell these were given and refuse them
+    p.add_argument("--temperatures", help="comma-separated softmax temperatures (default 0.5,1,2)")
+    p.add_argument("--top", type=int, help="tokens listed per temperature, or per [MASK] (10)")
     p.add_argument("--device", default="cpu", help="cpu | auto | cuda | mps (default cpu)")
     add_backend_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -62,26 +71,44 @@ def parse_temperatures(text: str) -> list[float]:
     return temps
 
 
-def _check_args(args: argparse.Namespace, extra: list[str]) -> list[float]:
-    if extra:
-        raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit inspect "
-                           f"--help`)")
+TEXT_OPTIONS = ("--prompt", "--embeddings", "--layer", "--head", "--temperatures", "--top")
+IMAGE_OPTIONS = ("--image", "--index")
+
+
+def _given(args: argparse.Namespace, options: tuple[str, ...]) -> list[str]:
+    """Which of ``options`` the command line set (every one defaults to None or False)."""
+    return [o for o in options if (value := getattr(args, o[2:])) is not None and value is not False]
+
+
+def _check_args(args: argparse.Namespace) -> list[float]:
+    """A text run's options; the temperatures to draw."""
+    images = _given(args, IMAGE_OPTIONS)
+    if images:
+        raise AttnkitError(f"{images[0]} is for image models, and {args.run} reads text (give "
+                           f"--prompt \"TEXT\" or --embeddings)")
     if args.prompt is None and not args.embeddings:
         raise AttnkitError("nothing to inspect: give --prompt \"TEXT\" or --embeddings")
     if args.prompt is not None and args.prompt == "":
         raise AttnkitError("--prompt is empty (give at least one character)")
+    if args.top is None:
+        args.top = 10
     if args.top < 1:
         raise AttnkitError("--top must be at least 1")
-    return parse_temperatures(args.temperatures)
+    return parse_temperatures("0.5,1,2" if args.temperatures is None else args.temperatures)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    temperatures = _check_args(args, extra)
+    if extra:
+        raise AttnkitError(f"unrecognized arguments: {' '.join(extra)} (see `attnkit inspect "
+                           f"--help`)")
     import attnkit
     from attnkit.backends import accelerate
 
     loaded = attnkit.load(args.run, device=args.device)
     model, tok = loaded.model, loaded.tokenizer
+    if model.abilities.images:
+        return run_image(loaded, args)
+    temperatures = _check_args(args)
     if model.abilities.translates and args.embeddings:
         raise AttnkitError(f"{args.run} is a {model.cfg.family} model: --embeddings plots a "
                            f"decoder's or encoder's token table (use --prompt for its attention "
@@ -94,11 +121,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     mask_id = None  # refused before anything is written, like the other bad prompts below
     if _is_encoder(model) and args.prompt is not None:
         mask_id = _mask_id(model, tok, args.run, args.prompt)
-    out = args.out or Path(args.run) / "inspect"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AttnkitError(f"cannot create {out}: {e.strerror or e} (choose another --out)") from None
+    out = _out_dir(args)
     written: list[Path] = []
     summary: list[str] = []
     if args.prompt is not None and model.abilities.translates:
@@ -107,12 +130,25 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         written += inspect_prompt(model, tok, args, temperatures, out, summary, mask_id)
     if args.embeddings:
         written += inspect_embeddings(model, tok, out, summary)
+    _report(out, written, summary)
+    return 0
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out = args.out or Path(args.run) / "inspect"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AttnkitError(f"cannot create {out}: {e.strerror or e} (choose another --out)") from None
+    return out
+
+
+def _report(out: Path, written: list[Path], summary: list[str]) -> None:
     print(f"wrote {len(written)} files to {out}:")
     for path in written:
         print(f"  {path}")
     for line in summary:
         print(line)
-    return 0
 
 
 def _is_encoder(model) -> bool:
@@ -390,3 +426,114 @@ def inspect_embeddings(model, tok, out: Path, summary: list[str]) -> list[Path]:
                    f"two principal axes explain {100 * float(explained.sum()):.1f}% of the variance")
     return [png, path]
 
+
+
+def run_image(loaded, args: argparse.Namespace) -> int:
+    """``--image FILE`` or ``--index N`` on a model with ``abilities.images``: the image with
+    its class probabilities (``prediction.png``), the attention rollout after each layer laid
+    over it (``attention_rollout.png``) and the numbers of both (``inspect.json``)."""
+    from attnkit.backends import accelerate
+
+    text = _given(args, TEXT_OPTIONS)
+    if text:
+        raise AttnkitError(f"{text[0]} is for text models, and {args.run} reads images (give "
+                           f"--image FILE or --index N)")
+    if args.image is not None and args.index is not None:
+        raise AttnkitError("--image and --index both choose the image to inspect (give one of them)")
+    if args.image is None and args.index is None:
+        raise AttnkitError(f"nothing to inspect: {args.run} reads images, so give --image FILE "
+                           f"or --index N (the N-th image of its held-out split)")
+    pixels, true, labels = _read_image(loaded, args)  # refused before anything is written
+    accelerate(loaded.model, purpose="decode", backend=args.backend)
+    out = _out_dir(args)
+    summary: list[str] = []
+    written = inspect_image(loaded.model, pixels, true, labels, args, out, summary)
+    _report(out, written, summary)
+    return 0
+
+
+def _read_image(loaded, args: argparse.Namespace):
+    """The image (C, H, W) in [-1, 1] as the model reads it, its true class id (``--index``
+    only, else None) and the class names."""
+    from attnkit.data.images import image_to_tensor, load_images, open_image
+
+    cfg = loaded.model.cfg
+    labels = loaded.labels or [str(i) for i in range(cfg.n_labels)]
+    if args.image is not None:
+        path = args.image
+        if not path.exists():
+            raise AttnkitError(f"image not found: {path}")
+        if path.is_dir():
+            raise AttnkitError(f"{path} is a folder (give one image file, e.g. a PNG or JPEG)")
+        return image_to_tensor(open_image(path), cfg.image_size, cfg.channels), None, labels
+    data_cfg = loaded.config.data
+    try:
+        data = load_images(data_cfg.path, cfg.image_size, data_cfg.val_fraction)
+    except AttnkitError as e:
+        raise AttnkitError(f"--index reads the held-out images of {args.run} from "
+                           f"data.path={data_cfg.path}, which fails here: {e}") from None
+    if loaded.labels is not None and data.labels != loaded.labels or data.channels != cfg.channels:
+        raise AttnkitError(f"data.path={data_cfg.path} no longer holds the images {args.run} was "
+                           f"trained on (other classes or channels; give --image FILE instead)")
+    n = len(data.val_y)
+    if not 0 <= args.index < n:
+        raise AttnkitError(f"--index {args.index} is out of range: {args.run} has {n} held-out "
+                           f"images, numbered 0 to {n - 1}")
+    return data.val_x[args.index], int(data.val_y[args.index]), labels
+
+
+def inspect_image(model, pixels, true: int | None, labels: list[str], args: argparse.Namespace,
+                  out: Path, summary: list[str]) -> list[Path]:
+    """Class probabilities and attention rollout of one image (C, H, W) in [-1, 1]."""
+    import torch
+
+    from attnkit.viz import plots, vision
+
+    cfg = model.cfg
+    probs = vision.class_probabilities(model, pixels)  # (L,)
+    predicted = int(probs.argmax())
+    image = vision.display_image(pixels)
+    where = f"held-out image {args.index}" if args.image is None else args.image.name
+    verdict = f"predicted {labels[predicted]} ({float(probs[predicted]):.3f})"
+    if true is not None:
+        verdict += f", true {labels[true]}"
+    written = [plots.class_probabilities(image, probs.tolist(), labels, out / "prediction.png",
+                                         f"{where}\n{verdict}", true=true)]
+
+    rollout = vision.attention_rollout(vision.attention_maps(model, pixels))  # (nl, T, T)
+    relevance = vision.patch_relevance(rollout, cfg.pool, cfg.grid)  # (nl, g, g)
+    mass = relevance.sum(dim=(-2, -1))  # (nl,): the rest is on the class token's own input
+    shares = relevance / mass[:, None, None]  # (nl, g, g), each summing to 1: comparable panels
+    n_layers, n = len(shares), cfg.n_patches
+    heat = torch.stack([vision.upsample(s, cfg.image_size) for s in shares])  # (nl, H, W)
+    titles = ["layer 0" if k == 0 else f"layers 0-{k}" for k in range(n_layers)]
+    titles[-1] = f"all {n_layers} layers (combined)" if n_layers > 1 else "layer 0 (all layers)"
+    reader = "the class token" if cfg.pool == "cls" else "the mean of the patch tokens"
+    written.append(plots.rollout_panels(
+        image, heat.numpy(), titles, out / "attention_rollout.png",
+        f"attention rollout (Abnar & Zuidema 2020): what {reader} draws on, per patch\n"
+        f"{where}: {verdict}", cfg.patch_size, f"share per patch (uniform: {1 / n:.3f})",
+        vmax=2 / n))  # a uniform rollout sits mid-scale, not at the top
+
+    data = {
+        "run": str(args.run), "family": cfg.family,
+        "image": None if args.image is None else str(args.image), "index": args.index,
+        "labels": labels, "probabilities": probs.tolist(),
+        "predicted": {"id": predicted, "label": labels[predicted], "prob": float(probs[predicted])},
+        "true": None if true is None else {"id": true, "label": labels[true]},
+        "rollout": {"pool": cfg.pool, "grid": [cfg.grid, cfg.grid], "patch_size": cfg.patch_size,
+                    "layers": n_layers, "patch_mass": mass.tolist(),
+                    "grids": shares.round(decimals=6).tolist(),
+                    "combined": shares[-1].round(decimals=6).tolist()},
+    }
+    path = out / "inspect.json"
+    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    written.append(path)
+
+    line = f"predicted: {labels[predicted]} (p = {float(probs[predicted]):.3f})"
+    summary.append(line + ("" if true is None else f"; true: {labels[true]}"))
+    r, c = divmod(int(shares[-1].argmax()), cfg.grid)
+    summary.append(f"attention rollout through {n_layers} layers, {cfg.grid}x{cfg.grid} patches: "
+                   f"{reader} puts {float(mass[-1]):.0%} of its weight on the patches, the most "
+                   f"({float(shares[-1].max()):.3f} of that) on row {r}, column {c}")
+    return written

@@ -20,8 +20,9 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:  # a figure with a layout engine of its own (constrained) keeps it
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     _plt().close(fig)
     return path
@@ -145,3 +146,81 @@ def pca_scatter(coords, labels: Sequence[str], explained, path: Path, label_limi
     ax.set_ylabel(f"PC 2 ({100 * float(explained[1]):.1f}% of variance)")
     ax.set_title(f"token embeddings, PCA ({len(labels)} tokens)")
     return _save(fig, path)
+
+
+def class_probabilities(image, probs: Sequence[float], labels: Sequence[str], path: Path,
+                        title: str, true: int | None = None, limit: int = 30) -> Path:
+    """The image the model read (``image``: (H, W) or (H, W, 3) in [0, 1]) beside a bar for
+    every class probability (the ``limit`` most likely when there are more classes), the
+    predicted class in colour and the true one, when known, marked."""
+    plt = _plt()
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:limit]
+    if true is not None and true not in order:
+        order[-1] = true
+    order.sort()  # classes in their own order, so two pictures of one run line up
+    predicted = max(range(len(probs)), key=lambda i: probs[i])
+    height = max(3.6, 0.32 * len(order) + 1.4)
+    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(3.6 + 5.2, height),
+                                         gridspec_kw={"width_ratios": [3.0, 4.6]})
+    ax_img.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax_img.set_xticks([])
+    ax_img.set_yticks([])
+    ax_img.set_title(title, fontsize=11,
+                     color="black" if true is None or true == predicted else "tab:red")
+    ys = list(range(len(order)))
+    colours = ["tab:blue" if i == predicted else "0.7" for i in order]
+    ax_bar.barh(ys, [probs[i] for i in order], color=colours)
+    names = [f"{labels[i]} (true)" if i == true else labels[i] for i in order]
+    ax_bar.set_yticks(ys, names, fontsize=10)
+    for tick, i in zip(ax_bar.get_yticklabels(), order):
+        if i == true:
+            tick.set_fontweight("bold")
+    for y, i in zip(ys, order):
+        ax_bar.text(min(probs[i], 0.82) + 0.01, y, f"{probs[i]:.3f}", va="center", fontsize=9)
+    ax_bar.invert_yaxis()  # the first class on top
+    ax_bar.set_xlim(0, 1)
+    ax_bar.set_xlabel("probability (softmax of the logits)")
+    shown = "" if len(order) == len(probs) else f" (the {len(order)} most likely of {len(probs)})"
+    ax_bar.set_title(f"class probabilities{shown}", fontsize=11)
+    return _save(fig, path)
+
+
+def rollout_panels(image, heat, titles: Sequence[str], path: Path, title: str, patch: int,
+                   colour_label: str, vmax: float = 0.0) -> Path:
+    """The image, then one panel per map of ``heat`` (K, H, W) over it, all in one colour scale
+    from 0 to the largest value or ``vmax`` if that is more (one colour bar). A grey image is
+    drawn as a contour over the opaque map, so the colours read exactly as the colour bar
+    says; a colour image is blended with the map instead."""
+    plt = _plt()
+    n = len(titles) + 1
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols + 1.2, 2.6 * rows + 0.8),
+                             squeeze=False, layout="constrained")
+    grey = image.ndim == 2
+    size = image.shape[0]
+    vmax = max(float(heat.max()), vmax, 1e-6)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        if k == 0:
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title("input", fontsize=10)
+            continue
+        if not grey:
+            ax.imshow(image, interpolation="nearest")
+        im = ax.imshow(heat[k - 1], cmap="inferno", vmin=0.0, vmax=vmax,
+                       alpha=1.0 if grey else 0.55, interpolation="nearest")
+        if grey:  # the strokes' outline: half way between background and ink
+            ax.contour(image, levels=[0.5], colors="#00e5ff", linewidths=1.4)
+        for edge in range(patch, size, patch):  # the patch boundaries
+            ax.axhline(edge - 0.5, color="white", lw=0.4, alpha=0.3)
+            ax.axvline(edge - 0.5, color="white", lw=0.4, alpha=0.3)
+        ax.set_title(titles[k - 1], fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label=colour_label, shrink=0.9)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, tight=False)
