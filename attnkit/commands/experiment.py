@@ -16,6 +16,8 @@ DESCRIPTIONS = {
     "parallelism": "time per training step and tokens/s vs sequence length, both architectures",
     "ablation": "pre-LN vs post-LN stability (learning rate, depth, warmup), RMSNorm, SwiGLU, "
                 "positions",
+    "vision": "ViT (vit-digits recipe) vs logistic regression, RBF SVM, small CNN on the digits: "
+              "accuracy, training time, parameters",
 }
 
 
@@ -23,18 +25,19 @@ def add_parser(sub) -> None:
     lines = "\n".join(f"  {name:<12} {text}" for name, text in DESCRIPTIONS.items())
     p = sub.add_parser(
         "experiment", help="reproduce a claim of the Transformer: scaling, long-range, "
-                           "parallelism, ablation",
+                           "parallelism, ablation, vision",
         description="Train the trials of one experiment (each an ordinary run directory under "
                     "OUT/trials/), then write OUT/results.json, PNG plots and OUT/report.md. "
                     "Re-running the same command skips finished trials and resumes "
                     "interrupted ones.",
         epilog=f"experiments:\n{lines}\n\n"
                "presets: --quick (minutes on 2 CPU cores), --micro (seconds; for tests), "
-               "default full (GPU scale)\n\n"
+               "default full (GPU scale; for vision the recipe as written, minutes on a CPU)\n\n"
                "examples:\n"
                "  attnkit experiment scaling --quick      # -> runs/experiments/scaling-quick\n"
                "  attnkit experiment ablation --quick --out runs/abl\n"
-               "  attnkit experiment long-range            # full preset, on a GPU\n",
+               "  attnkit experiment long-range            # full preset, on a GPU\n"
+               "  attnkit experiment vision --quick        # well under a minute on a CPU\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
     size = p.add_mutually_exclusive_group()

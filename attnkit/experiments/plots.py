@@ -172,3 +172,44 @@ def curves(panels: dict[str, dict[str, Sequence[Sequence[float]]]], path: Path, 
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def accuracy_and_time(rows: Sequence[tuple[str, float, float]], chance: float, path: Path,
+                      title: str) -> Path:
+    """Two panels of horizontal bars, one bar per model ``(name, accuracy, seconds)``: test
+    accuracy (chance marked) and training time (log scale), each bar labelled with its value.
+    A model whose name starts with "ViT" is drawn in the Transformer's colour."""
+    plt = _plt()
+    names = [name for name, _, _ in rows]
+    others = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"])
+    colors = [COLORS["transformer"] if n.startswith("ViT") else next(others, "tab:gray")
+              for n in names]
+    y = np.arange(len(rows))[::-1]  # the first row on top
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.65 * len(rows) + 2.2), sharey=True)
+    accuracy = [a for _, a, _ in rows]
+    left.barh(y, accuracy, color=colors)
+    for yi, a in zip(y, accuracy):
+        inside = a > 0.3  # a short bar has no room for its label
+        left.text(a - 0.015 if inside else a + 0.015, yi, f"{a:.3f}", va="center",
+                  ha="right" if inside else "left", color="white" if inside else "black",
+                  fontsize=10, fontweight="bold")
+    left.axvline(chance, color="gray", ls="--", lw=1)
+    left.text(chance, 1.01, f"chance {chance:.2f}", transform=left.get_xaxis_transform(),
+              ha="center", va="bottom", fontsize=8, color="gray")
+    left.set_xlim(0, 1)
+    left.set_xlabel("test accuracy")
+    seconds = [max(s, 1e-4) for _, _, s in rows]
+    right.barh(y, seconds, color=colors)
+    right.set_xscale("log")
+    _plain_log_x(right)
+    right.set_xlim(min(seconds) / 3, max(seconds) * 8)  # room for the labels right of the bars
+    for yi, s in zip(y, seconds):
+        right.text(s * 1.15, yi, f"{s:.3g} s", va="center", ha="left", fontsize=10)
+    right.set_xlabel("training time (s, log scale)")
+    left.set_yticks(y, names)
+    left.tick_params(axis="y", labelsize=10)
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    fig.suptitle(title)
+    return _save(fig, path)
