@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict, sample, repeat: stream a continuation of --prompt.")
     sample.add_argument("run", type=Path, help="a run directory, e.g. runs/pydoc-char")
     sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    # --- integer-token files (issue 18) ---
+    sample.add_argument("--prompt-ids", default=None, metavar="IDS",
+                        help="ids to continue, e.g. 1,2,3 (a run trained with --data.format=ids; "
+                             "prints the ids separated by spaces)")
     sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate "
                         "(default: 200)")
     sample.add_argument("--temperature", type=float, default=None,  # None: not given (see --beam)
@@ -186,7 +190,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
                 say(f"--- sample {i + 1} ---")
                 say(text)
             say("---")
-        say(first_ability(trainer.model, NEXT_STEP).format(run=trainer.run_dir))
+        hint = first_ability(trainer.model, NEXT_STEP)
+        if cfg.data.format == "ids":  # integer-token files (issue 18): the prompt is ids
+            hint = hint.replace('--prompt "The "', "--prompt-ids 1,2,3")
+        if cfg.data.task == "series":  # time series as tokens (issue 18): bins, not text
+            hint = "forecast: attnkit forecast {run} --data statsmodels:co2 --horizon 24"
+        say(hint.format(run=trainer.run_dir))
         return 0
     except BaseException:
         if not resume and os.environ.get("RANK", "0") in ("", "0"):
@@ -349,6 +358,17 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if tokenizer is None:
         raise AttnkitError(f"{args.run} has no tokenizer.json, so text cannot be encoded (add the "
                            f"model's tokenizer.json to the directory)")
+    # --- integer-token files (issue 18): the ids tokenizer's text is the ids themselves ---
+    if args.prompt_ids is not None:
+        from attnkit.data.ids import prompt_from_ids
+
+        prompt = prompt_from_ids(args.prompt_ids, tokenizer)
+    if getattr(tokenizer, "kind", None) == "ids":
+        if not prompt.strip():
+            raise AttnkitError(f"{args.run} reads integer ids, and the prompt has none (give "
+                               f"--prompt-ids 1,2,3, or --prompt \"1 2 3\")")
+        prompt = prompt.strip() + " "  # "1 2 3" + "4 5" must print as "1 2 3 4 5"
+    # --- end integer-token files ---
     n_prompt = len(tokenizer.encode(prompt))  # refuse a bad prompt before printing anything
     if n_prompt > model.cfg.context_length:
         raise AttnkitError(f"the prompt is {n_prompt} tokens but the model's context is "
@@ -412,6 +432,7 @@ COMMAND_MODULES += ("attnkit.commands.translate", "attnkit.commands.eval")
 COMMAND_MODULES += ("attnkit.commands.serve",)
 COMMAND_MODULES += ("attnkit.commands.inspect",)
 COMMAND_MODULES += ("attnkit.commands.experiment",)
+COMMAND_MODULES += ("attnkit.commands.forecast",)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,7 +251,8 @@ FAMILY_CONFIGS: dict[str, type] = {
 AnyModelConfig = DecoderConfig | Seq2SeqConfig | EncoderConfig | LSTMConfig | VisionConfig
 #: The training tasks each family can do; the first is the default (data.task=auto).
 FAMILY_TASKS: dict[str, tuple[str, ...]] = {
-    "decoder": ("lm",), "lstm": ("lm",), "seq2seq": ("seq2seq",), "encoder": ("mlm", "classify"),
+    "decoder": ("lm", "modular", "series"), "lstm": ("lm", "modular"), "seq2seq": ("seq2seq",),
+    "encoder": ("mlm", "classify"),
     "vit": ("image",),
 }
 
@@ -333,9 +334,10 @@ class DataConfig:
     """Where text comes from and how it becomes tokens."""
 
     path: str = "pydoc"  # "pydoc" (built in), a text file, a folder, or a synthetic task
-    task: Literal["auto", "lm", "seq2seq", "mlm", "classify", "image"] = "auto"  # auto: the family's first
+    # auto: the family's first (modular for data.path=modular:OP)
+    task: Literal["auto", "lm", "seq2seq", "mlm", "classify", "image", "modular", "series"] = "auto"
     tokenizer: str = "char"  # char | byte | bpe | gpt2 | path to a tokenizer.json (or its folder)
-    vocab_size: int = 2048  # for bpe only
+    vocab_size: int | None = None  # bpe: None is 2048; format=ids: None measures it from the data
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
     cache_dir: str | None = None  # token files; None: $ATTNKIT_CACHE or ~/.cache/attnkit/tokens
     # task lm: score only the token right after each occurrence of this one-token marker
@@ -344,6 +346,18 @@ class DataConfig:
 
     mlm_probability: float = 0.15  # task mlm: fraction of tokens masked (BERT)
     augment: int = 0  # task image: shift each training image by up to this many pixels
+    # task series: kernelsynth and/or series files in data.path (comma-separated)
+    column: str | None = None  # task series: the CSV column; None: every numeric one
+    nan: Literal["refuse", "interpolate"] = "refuse"  # task series: missing values
+    horizon: int = 24  # task series: values forecast after each context
+    bins: int = 4094  # task series: uniform bins over [-15, 15] (Chronos)
+    # --- integer-token files (issue 18; attnkit/data/ids.py) ---
+    # text: data.path is text for the tokenizer; ids: a .npy/.npz/.txt of integer ids, or a folder
+    format: Literal["text", "ids"] = "text"
+    # format=ids: the id that ends each document (a 1-D stream is split by it, rows and lines are
+    # joined with it); None adds one end-of-document id after the vocabulary
+    separator_id: int | None = None
+    # --- end integer-token files ---
 
     def __post_init__(self) -> None:
         kinds = ("char", "byte", "bpe", "gpt2")
@@ -354,6 +368,14 @@ class DataConfig:
                                f"tokenizer.json, got {self.tokenizer!r}{hint}")
         if not 0.0 < self.val_fraction < 1.0:
             raise AttnkitError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        # --- integer-token files (issue 18) ---
+        if self.format not in ("text", "ids"):
+            raise AttnkitError(f"data.format must be text or ids, got {self.format!r}")
+        if self.separator_id is not None and self.separator_id < 0:
+            raise AttnkitError(f"data.separator_id must be a non-negative id, got {self.separator_id}")
+        if self.format == "ids" and self.vocab_size is not None and self.vocab_size < 1:
+            raise AttnkitError(f"data.vocab_size must be positive, got {self.vocab_size}")
+        # --- end integer-token files ---
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -368,8 +390,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         family, task = self.model.family, self.data.task
-        if task == "auto":  # the family's natural task
-            self.data.task = FAMILY_TASKS[family][0]
+        if task == "auto":  # the family's natural task; modular:OP data is its own task
+            modular = self.data.path.startswith("modular:") and "modular" in FAMILY_TASKS[family]
+            self.data.task = "modular" if modular else FAMILY_TASKS[family][0]
         elif task not in FAMILY_TASKS[family]:
             owner = next(f for f, tasks in FAMILY_TASKS.items() if task in tasks)
             raise AttnkitError(f"data.task={task} does not fit model.family={family} (add "

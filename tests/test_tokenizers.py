@@ -173,7 +173,7 @@ def test_saved_json_formats(tmp_path) -> None:
 
 
 def test_tokenizers_table_and_bad_kind() -> None:
-    assert set(TOKENIZERS) == {"char", "byte", "bpe", "gpt2", "hf"}
+    assert set(TOKENIZERS) == {"char", "byte", "bpe", "gpt2", "hf", "ids"}
     with pytest.raises(AttnkitError, match="char, byte, bpe"):
         train_tokenizer("wordpiece", "text")
 

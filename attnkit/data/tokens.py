@@ -108,7 +108,7 @@ def iter_token_chunks(
         yield np.asarray(tokenizer.encode(piece), dtype=dtype)
 
 
-def _check_val_fraction(val_fraction: float) -> float:
+def check_val_fraction(val_fraction: float) -> float:
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
         raise AttnkitError(
             f"val_fraction must be a number, got {val_fraction!r} "
@@ -128,7 +128,7 @@ def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
     The split is positional, as in nanoGPT: the first ``n_train`` tokens train,
     the last ``n_val`` validate. No shuffling, so it is fully deterministic.
     """
-    n_val = round(n_tokens * _check_val_fraction(val_fraction))
+    n_val = round(n_tokens * check_val_fraction(val_fraction))
     return n_tokens - n_val, n_val
 
 
@@ -138,7 +138,7 @@ def tokenize_to_arrays(text: str, tokenizer: Tokenizer, val_fraction: float = 0.
     Returns in-memory arrays, identical to those :func:`prepare_tokens` would
     cache for the same text, tokenizer and ``val_fraction``.
     """
-    _check_val_fraction(val_fraction)
+    check_val_fraction(val_fraction)
     dtype = token_dtype(tokenizer.vocab_size)
     chunks = list(iter_token_chunks(text, tokenizer))
     ids = np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
@@ -159,7 +159,7 @@ def _cache_key(fingerprint: str, tokenizer: Tokenizer, val_fraction: float) -> s
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _open_tokens(path: Path, dtype: np.dtype[Any], n: int) -> np.ndarray:
+def open_tokens(path: Path, dtype: np.dtype[Any], n: int) -> np.ndarray:
     # mmap cannot map an empty file, and an empty split needs no file access anyway.
     if n == 0:
         return np.empty(0, dtype=dtype)
@@ -185,8 +185,8 @@ def _load_cached(entry: Path, tokenizer: Tokenizer) -> TokenData | None:
             ):
                 return None
         return TokenData(
-            train=_open_tokens(entry / "train.bin", dtype, counts["train"]),
-            val=_open_tokens(entry / "val.bin", dtype, counts["val"]),
+            train=open_tokens(entry / "train.bin", dtype, counts["train"]),
+            val=open_tokens(entry / "val.bin", dtype, counts["val"]),
             vocab_size=tokenizer.vocab_size,
             path=entry,
         )
@@ -195,12 +195,13 @@ def _load_cached(entry: Path, tokenizer: Tokenizer) -> TokenData | None:
         return None
 
 
-def _write_cache(
-    entry: Path, text: str, tokenizer: Tokenizer, val_fraction: float, fingerprint: str
-) -> None:
-    """Tokenize ``text`` chunk by chunk into ``entry``; every file lands atomically."""
+def write_token_cache(entry: Path, pieces, dtype: np.dtype[Any], val_fraction: float,
+                      meta: dict[str, Any]) -> None:
+    """Stream the id arrays ``pieces`` into ``entry``: ``train.bin`` / ``val.bin`` (the last
+    ``val_fraction``) and ``meta.json`` (the format, dtype and split sizes, then ``meta``,
+    which may set its own ``format``),
+    every file landing atomically and ``meta.json`` last: a complete one marks the entry usable."""
     entry.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(tokenizer.vocab_size)
     temps: list[str] = []
 
     def temp(name: str) -> str:
@@ -217,8 +218,8 @@ def _write_cache(
         all_tmp = temp("train.bin")
         n = 0
         with open(all_tmp, "wb") as f:
-            for ids in iter_token_chunks(text, tokenizer):
-                ids.tofile(f)
+            for ids in pieces:
+                np.asarray(ids, dtype=dtype).tofile(f)
                 n += ids.size
         n_train, n_val = split_sizes(n, val_fraction)
         val_tmp = temp("val.bin")
@@ -226,25 +227,25 @@ def _write_cache(
             src.seek(n_train * dtype.itemsize)
             shutil.copyfileobj(src, dst)
         os.truncate(all_tmp, n_train * dtype.itemsize)
-        meta = {
-            "format": _CACHE_FORMAT,
-            "dtype": dtype.name,
-            "n_train": n_train,
-            "n_val": n_val,
-            "vocab_size": tokenizer.vocab_size,
-            "tokenizer_kind": tokenizer.kind,
-            "corpus": fingerprint,
-            "val_fraction": val_fraction,
-        }
+        meta = {"format": _CACHE_FORMAT, "dtype": dtype.name, "n_train": n_train, "n_val": n_val,
+                **meta, "val_fraction": val_fraction}
         meta_tmp = temp("meta.json")
         Path(meta_tmp).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.replace(all_tmp, entry / "train.bin")
         os.replace(val_tmp, entry / "val.bin")
-        # Last: a complete meta.json is what marks the entry as usable.
         os.replace(meta_tmp, entry / "meta.json")
     finally:
         for tmp in temps:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _write_cache(
+    entry: Path, text: str, tokenizer: Tokenizer, val_fraction: float, fingerprint: str
+) -> None:
+    """Tokenize ``text`` chunk by chunk into ``entry``."""
+    write_token_cache(entry, iter_token_chunks(text, tokenizer), token_dtype(tokenizer.vocab_size),
+                      val_fraction, {"vocab_size": tokenizer.vocab_size,
+                                     "tokenizer_kind": tokenizer.kind, "corpus": fingerprint})
 
 
 def prepare_tokens(
@@ -264,7 +265,7 @@ def prepare_tokens(
     problems raise :class:`AttnkitError`. Call :func:`check_length` before
     sampling batches.
     """
-    val_fraction = _check_val_fraction(val_fraction)
+    val_fraction = check_val_fraction(val_fraction)
     fingerprint = corpus_fingerprint(text_source)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = root / _cache_key(fingerprint, tokenizer, val_fraction)

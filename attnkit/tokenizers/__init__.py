@@ -1,12 +1,13 @@
 """Tokenizers: turn text into integer ids and back.
 
-Five kinds, all with the same interface (:class:`Tokenizer`):
+Six kinds, all with the same interface (:class:`Tokenizer`):
 
 * ``char`` -- one id per distinct character of the training text;
 * ``byte`` -- one id per UTF-8 byte (vocabulary 256, no training needed);
 * ``bpe``  -- byte-level BPE trained with the Hugging Face ``tokenizers`` library;
 * ``gpt2`` -- GPT-2's own BPE (50,257 tokens), built from the ranks file in ``openai-whisper``;
-* ``hf``   -- any Hugging Face ``tokenizer.json`` (WordPiece, BPE, Unigram), used as it is.
+* ``hf``   -- any Hugging Face ``tokenizer.json`` (WordPiece, BPE, Unigram), used as it is;
+* ``ids``  -- integer-token data (``--data.format=ids``): ids written as ``"12 7 99"``.
 
 Special tokens are known by name (``pad``, ``bos``, ``eos``, ``unk``, ``mask``,
 ``cls``, ``sep``): ``tok.special_tokens`` maps the names a vocabulary has to
@@ -32,6 +33,7 @@ from attnkit.tokenizers.byte import ByteTokenizer
 from attnkit.tokenizers.char import CharTokenizer
 from attnkit.tokenizers.gpt2 import GPT2Tokenizer, is_gpt2_json
 from attnkit.tokenizers.hf import HuggingFaceTokenizer
+from attnkit.tokenizers.ids import IdsTokenizer
 from attnkit.tokenizers.specials import SPECIAL_NAMES, check_specials, spelling
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "CharTokenizer",
     "GPT2Tokenizer",
     "HuggingFaceTokenizer",
+    "IdsTokenizer",
     "Tokenizer",
     "load_tokenizer",
     "resolve_tokenizer",
@@ -91,6 +94,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     "bpe": BPETokenizer,
     "gpt2": GPT2Tokenizer,
     "hf": HuggingFaceTokenizer,
+    "ids": IdsTokenizer,  # integer-token data (--data.format=ids), see attnkit/tokenizers/ids.py
 }
 
 #: The kinds ``--data.tokenizer`` accepts by name; anything else is a path.

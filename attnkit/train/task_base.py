@@ -4,6 +4,7 @@ the family modules beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ def build_tokenizer(cfg: RunConfig, run_dir: Path, resume: bool, text: str | Non
     """The run's tokenizer: read back on resume, otherwise trained/loaded per ``data.tokenizer``."""
     if resume:
         return load_tokenizer(run_dir / "tokenizer.json")
+    if cfg.data.vocab_size is None and cfg.data.tokenizer == "bpe":  # data.vocab_size's default
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=2048))
     try:
         from attnkit.tokenizers import resolve_tokenizer
     except ImportError:  # older tokenizer module: kinds only

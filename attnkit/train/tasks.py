@@ -25,7 +25,9 @@ from attnkit.generate import stream
 from attnkit.train.task_base import Task, build_tokenizer, mean_loss
 from attnkit.train.task_encoder import ClassifyTask, MLMTask
 from attnkit.train.task_image import ImageTask
+from attnkit.train.task_modular import ModularTask
 from attnkit.train.task_seq2seq import Seq2SeqTask
+from attnkit.train.task_series import SeriesTask
 
 
 class LMTask:
@@ -33,10 +35,18 @@ class LMTask:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool) -> None:
         self.cfg = cfg
-        text = None if resume else read_corpus(cfg.data.path)
-        self.tokenizer = build_tokenizer(cfg, run_dir, resume, text)
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
+        if cfg.data.format == "ids":  # integer-token files: the data gives the vocabulary
+            from attnkit.data.ids import prepare_ids
+
+            saved = build_tokenizer(cfg, run_dir, True, None) if resume else None
+            self.data, self.tokenizer = prepare_ids(cfg.data.path, cfg.data.vocab_size,
+                                                    cfg.data.separator_id, cache,
+                                                    cfg.data.val_fraction, saved)
+        else:
+            text = None if resume else read_corpus(cfg.data.path)
+            self.tokenizer = build_tokenizer(cfg, run_dir, resume, text)
+            self.data = prepare_tokens(cfg.data.path, self.tokenizer, cache, cfg.data.val_fraction)
         check_length(self.data, cfg.model.context_length)
         self.marker = self._marker_id(cfg.data.loss_after)
 
@@ -96,7 +106,8 @@ class LMTask:
 
 
 TASKS: dict[str, type] = {"lm": LMTask, "seq2seq": Seq2SeqTask, "mlm": MLMTask,
-                          "classify": ClassifyTask, "image": ImageTask}
+                          "classify": ClassifyTask, "image": ImageTask, "series": SeriesTask,
+                          "modular": ModularTask}
 
 
 def build_task(cfg: RunConfig, run_dir: Path, resume: bool) -> Task:
