@@ -213,3 +213,32 @@ def accuracy_and_time(rows: Sequence[tuple[str, float, float]], chance: float, p
         ax.set_axisbelow(True)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def grokking(series: dict[str, dict[str, Sequence[float]]], path: Path, title: str,
+             target: float) -> Path:
+    """Train (dashed) and held-out (solid) accuracy against steps on a log axis, one colour per
+    trial; ``series[label]`` holds ``step``, ``train`` and ``held_out`` lists. A dot (and the
+    legend) marks where held-out accuracy first reaches ``target``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.6, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, acc) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        steps = acc["step"]
+        ax.plot(steps, acc["train"], color=color, ls="--", lw=1.3, label=f"{label}: train")
+        hit = next(((s, v) for s, v in zip(steps, acc["held_out"]) if v >= target), None)
+        when = f" ({target:.0%} at step {hit[0]:g})" if hit else f" (never {target:.0%})"
+        ax.plot(steps, acc["held_out"], color=color, lw=2, label=f"{label}: held-out{when}")
+        if hit:
+            ax.plot(*hit, "o", color=color, ms=7, mec="black", mew=0.8)
+    ax.set_xscale("log")
+    _plain_log_x(ax)
+    ax.set_ylim(-0.02, 1.04)
+    ax.set_xlabel("optimizer step (log scale)")
+    ax.set_ylabel("accuracy (exact answer)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.axhline(target, color="gray", ls=":", lw=1, label=f"{target:.0%} (dot: first held-out step there)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
