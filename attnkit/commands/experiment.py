@@ -18,6 +18,10 @@ DESCRIPTIONS = {
                 "positions",
     "vision": "ViT (vit-digits recipe) vs logistic regression, RBF SVM, small CNN on the digits: "
               "accuracy, training time, parameters",
+    "forecast": "time series as tokens (Chronos) vs seasonal naive and ETS: MASE and WQL on "
+                "statsmodels' series",
+    "grokking": "a + b mod p: train accuracy first, held-out accuracy much later; steps to 99% "
+                "held-out per weight decay",
 }
 
 
@@ -25,7 +29,7 @@ def add_parser(sub) -> None:
     lines = "\n".join(f"  {name:<12} {text}" for name, text in DESCRIPTIONS.items())
     p = sub.add_parser(
         "experiment", help="reproduce a claim of the Transformer: scaling, long-range, "
-                           "parallelism, ablation, vision",
+                           "parallelism, ablation, vision, grokking",
         description="Train the trials of one experiment (each an ordinary run directory under "
                     "OUT/trials/), then write OUT/results.json, PNG plots and OUT/report.md. "
                     "Re-running the same command skips finished trials and resumes "

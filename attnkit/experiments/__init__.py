@@ -1,5 +1,5 @@
-"""The seed's four claims, and the vision Transformer beside classical baselines, as built-in
-experiments (``attnkit experiment NAME``).
+"""The seed's four claims, the vision Transformer beside classical baselines, and grokking on
+modular arithmetic, as built-in experiments (``attnkit experiment NAME``).
 
 Each experiment module defines ``PRESETS`` (``micro`` for tests, ``quick`` for a CPU
 in minutes, ``full`` for GPUs; vision's ``full`` is its recipe as written, minutes on a CPU)
@@ -15,4 +15,6 @@ EXPERIMENTS: dict[str, str] = {
     "parallelism": "attnkit.experiments.parallelism",
     "ablation": "attnkit.experiments.ablation",
     "vision": "attnkit.experiments.vision",
+    "grokking": "attnkit.experiments.grokking",
+    "forecast": "attnkit.experiments.forecast",
 }

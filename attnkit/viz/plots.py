@@ -224,3 +224,23 @@ def rollout_panels(image, heat, titles: Sequence[str], path: Path, title: str, p
     fig.colorbar(im, ax=axes.ravel().tolist(), label=colour_label, shrink=0.9)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path, tight=False)
+
+
+def fan_chart(history, q10, q50, q90, path: Path, title: str, truth=None) -> Path:
+    """History, the median forecast and its 10-90% band (a time-series forecast); ``truth``
+    (the held-out values) is drawn when given."""
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    n = len(history)
+    future = np.arange(n, n + len(q50))
+    ax.plot(np.arange(n), history, color="black", lw=1, label="history")
+    ax.fill_between(future, q10, q90, color="tab:blue", alpha=0.3, label="10-90%")
+    ax.plot(future, q50, color="tab:blue", lw=1.5, label="median")
+    if truth is not None:
+        ax.plot(future[:len(truth)], truth, color="tab:red", lw=1, ls="--", label="held out")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
